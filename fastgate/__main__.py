@@ -1,0 +1,6 @@
+"""``python -m fastgate``."""
+
+from fastgate.cli import entry_point
+
+if __name__ == "__main__":
+    entry_point()

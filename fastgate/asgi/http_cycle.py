@@ -1,0 +1,276 @@
+"""One HTTP request/response as ASGI ``receive`` / ``send``.
+
+``RequestCycle`` owns the ASGI side of a single request. Bytes go through the connection's
+``H1Connection`` (framing) and its ``Channel`` (I/O); the cycle only enforces the order of
+ASGI messages and the request-body buffer with its backpressure.
+
+The response head is held back until the first body message: when that message is also the
+last (the common case), head and body leave in one write, framed with Content-Length
+instead of chunked encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastgate.asgi.channel import Channel
+from fastgate.asgi.types import ASGIApp, Message
+from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
+from fastgate.http.h1 import CONTINUE, H1Connection
+
+logger = logging.getLogger("fastgate.error")
+
+# Above this many buffered request-body bytes, stop reading until the app catches up.
+HIGH_WATER = 64 * 1024
+
+
+class ASGIHTTPState(enum.Enum):
+    START = "start"  # no response message yet
+    STARTED = "started"  # http.response.start received, head not written yet
+    BODY = "body"  # head written, body streaming
+    DONE = "done"  # last body message sent (or error response written)
+
+
+AccessLog = Callable[["RequestCycle"], None]
+
+
+class RequestCycle:
+    """ASGI receive/send for one request.
+
+    Args:
+        scope: the ASGI http scope.
+        conn: the connection's HTTP/1.1 state machine (for framing).
+        channel: the connection's I/O.
+        expect_continue: the client sent ``Expect: 100-continue``.
+        access_log: called once when the response ends, or None.
+        start_time: loop time the request head arrived (for the access log).
+    """
+
+    __slots__ = (
+        "scope",
+        "conn",
+        "channel",
+        "state",
+        "status",
+        "headers",
+        "body_bytes",
+        "start_time",
+        "_access_log",
+        "_expect_continue",
+        "_body",
+        "_body_size",
+        "_more_body",
+        "_disconnected",
+        "_waiter",
+        "_reading_paused",
+    )
+
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        conn: H1Connection,
+        channel: Channel,
+        *,
+        expect_continue: bool = False,
+        access_log: AccessLog | None = None,
+        start_time: float = 0.0,
+    ) -> None:
+        self.scope = scope
+        self.conn = conn
+        self.channel = channel
+        self.state = ASGIHTTPState.START
+        self.status = 0
+        self.headers: Any = ()
+        self.body_bytes = 0
+        self.start_time = start_time
+        self._access_log = access_log
+        self._expect_continue = expect_continue
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._more_body = True
+        self._disconnected = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+
+    # ----------------------------------------------------------- from the protocol
+
+    def feed(self, data: bytes) -> None:
+        """A request-body chunk arrived."""
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size > HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.channel.pause_reading()
+        self._wake()
+
+    def feed_end(self) -> None:
+        """The request body is complete."""
+        self._more_body = False
+        self._wake()
+
+    def disconnect(self) -> None:
+        """The connection is gone: wake ``receive`` with ``http.disconnect``."""
+        self._disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ----------------------------------------------------------- ASGI callables
+
+    async def receive(self) -> Message:
+        if self._expect_continue:
+            self._expect_continue = False
+            if self.state is ASGIHTTPState.START and not self._disconnected:
+                self.channel.write(CONTINUE)
+        while True:
+            if self._body or (not self._more_body and self._body_size >= 0):
+                if self._body:
+                    body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+                    self._body.clear()
+                else:
+                    body = b""
+                self._body_size = 0
+                if self._reading_paused:
+                    self._reading_paused = False
+                    self.channel.resume_reading()
+                more = self._more_body
+                if not more:
+                    self._body_size = -1  # the final http.request went out; next: disconnect
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self._disconnected or self.state is ASGIHTTPState.DONE:
+                return {"type": "http.disconnect"}
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    async def send(self, message: Message) -> None:
+        mtype = message["type"]
+        state = self.state
+        if mtype == "http.response.body":
+            if state is ASGIHTTPState.BODY:
+                await self._send_body(message.get("body", b""), message.get("more_body", False))
+                return
+            if state is ASGIHTTPState.STARTED:
+                await self._send_first_body(message.get("body", b""), message.get("more_body", False))
+                return
+            raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
+        if mtype == "http.response.start":
+            if state is not ASGIHTTPState.START:
+                raise ASGIProtocolError(f"'http.response.start' not expected in state {state.value}")
+            if self._disconnected:
+                raise ClientDisconnected("client disconnected")
+            status = message["status"]
+            if status.__class__ is not int:
+                raise ASGIProtocolError(f"status must be an int, got {status!r}")
+            self.status = status
+            self.headers = message.get("headers", ())
+            self.state = ASGIHTTPState.STARTED
+            return
+        raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
+
+    async def _send_first_body(self, body: bytes, more_body: bool) -> None:
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        conn = self.conn
+        try:
+            if more_body:
+                data = conn.start_response(self.status, self.headers) + conn.send_body(body, False)
+            else:
+                data = conn.start_response(self.status, self.headers, body)
+        except LocalProtocolError as exc:
+            raise ASGIProtocolError(str(exc)) from None
+        self.state = ASGIHTTPState.BODY
+        self.body_bytes = len(body)
+        self.channel.write(data)
+        if not more_body:
+            self._finish()
+
+    async def _send_body(self, body: bytes, more_body: bool) -> None:
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        try:
+            data = self.conn.send_body(body, not more_body)
+        except LocalProtocolError as exc:
+            raise ASGIProtocolError(str(exc)) from None
+        self.body_bytes += len(body)
+        if data:
+            channel = self.channel
+            channel.write(data)
+            # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
+            await channel.drain()
+        if not more_body:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.state = ASGIHTTPState.DONE
+        if self._access_log is not None:
+            self._access_log(self)
+        self.channel.response_complete()
+
+    # ----------------------------------------------------------- running the app
+
+    async def run(self, app: ASGIApp) -> None:
+        """Run the app for this request; turn failures into a 500 or a closed connection."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self._on_app_error(exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return
+        if self.state is not ASGIHTTPState.DONE:
+            if self.state in (ASGIHTTPState.START, ASGIHTTPState.STARTED):
+                if not self._disconnected:
+                    logger.error("ASGI app returned without sending a response (%s)", self._where())
+                self._error_response(500, "")
+            else:
+                logger.error("ASGI app returned before the response body was complete (%s)", self._where())
+                self._abort()
+
+    def _on_app_error(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            # Cancelled by a drain deadline: the connection is being torn down anyway.
+            if self.state is not ASGIHTTPState.DONE:
+                self._abort()
+            return
+        if self._disconnected and isinstance(exc, OSError):
+            return  # the client left; the app noticed through send()/receive(). Not an error.
+        if self.state in (ASGIHTTPState.START, ASGIHTTPState.STARTED):
+            logger.error("Exception in ASGI application (%s)", self._where(), exc_info=exc)
+            self._error_response(500, "")
+        elif self.state is ASGIHTTPState.BODY:
+            logger.error("Exception in ASGI application after the response started (%s)", self._where(),
+                         exc_info=exc)
+            self._abort()
+        else:
+            logger.error("Exception in ASGI application after the response ended (%s)", self._where(),
+                         exc_info=exc)
+
+    def _where(self) -> str:
+        return f"{self.scope.get('method')} {self.scope.get('path')}"
+
+    def _error_response(self, status: int, reason: str) -> None:
+        if self._disconnected or self.channel.is_closing():
+            self.state = ASGIHTTPState.DONE
+            return
+        self.status = status
+        self.channel.write(self.conn.error_response(status, reason))
+        self.state = ASGIHTTPState.DONE
+        if self._access_log is not None:
+            self._access_log(self)
+        self.channel.response_complete()
+
+    def _abort(self) -> None:
+        # The head (and maybe part of the body) is out: the only honest signal left is to
+        # close, so the client sees a truncated response rather than a corrupted one.
+        self.state = ASGIHTTPState.DONE
+        self.conn.keep_alive = False
+        self.channel.close()

@@ -1,0 +1,238 @@
+"""Build ASGI connection scopes from a parsed request head and peer addresses.
+
+Proxy headers are honoured only when the direct peer is trusted (``--forwarded-allow-ips``
+or a UNIX-socket peer). The client address is taken as the rightmost *untrusted* hop: the
+leftmost entries are written by the client itself and prove nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from fastgate.config import Network
+from fastgate.http.events import RequestHead
+
+Address = tuple[str, int]
+
+
+def decode_path(raw_path: bytes) -> str:
+    """Percent-decode the path and decode it as UTF-8 (invalid bytes replaced)."""
+    if b"%" not in raw_path:
+        try:
+            return raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            return raw_path.decode("utf-8", "replace")
+    return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+class ProxyTrust:
+    """Which peers may set forwarding headers. ``networks=None`` trusts everyone."""
+
+    __slots__ = ("networks", "enabled")
+
+    def __init__(self, networks: tuple[Network, ...] | None, enabled: bool = True) -> None:
+        self.networks = networks
+        self.enabled = enabled
+
+    def trusts(self, host: str | None) -> bool:
+        """Whether a hop (an IP string; None for UNIX-socket peers) is a trusted proxy."""
+        if host is None:
+            return True
+        if self.networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+class Forwarded:
+    """What trusted proxies told us about the original request."""
+
+    __slots__ = ("client", "scheme", "host", "port", "prefix")
+
+    def __init__(self) -> None:
+        self.client: str | None = None
+        self.scheme: str | None = None
+        self.host: bytes | None = None
+        self.port: int | None = None
+        self.prefix: str | None = None
+
+
+_PROXY_HEADERS = frozenset(
+    (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+     b"x-forwarded-prefix")
+)
+
+
+def _rightmost_untrusted(hops: list[str], trust: ProxyTrust) -> str | None:
+    for hop in reversed(hops):
+        if not trust.trusts(hop):
+            return hop
+    return hops[0] if hops else None
+
+
+def _parse_forwarded(values: list[bytes]) -> list[dict[str, str]]:
+    """RFC 7239 elements, in order, each a dict of lower-cased parameter names."""
+    elements: list[dict[str, str]] = []
+    for value in values:
+        for element in value.decode("latin-1").split(","):
+            params: dict[str, str] = {}
+            for pair in element.split(";"):
+                key, sep, val = pair.partition("=")
+                if sep:
+                    params[key.strip().lower()] = val.strip().strip('"')
+            elements.append(params)
+    return elements
+
+
+def _node_host(node: str) -> str:
+    """The address part of a Forwarded ``for`` node: ``[2001:db8::1]:80`` -> ``2001:db8::1``."""
+    if node.startswith("["):
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:
+        return node.partition(":")[0]
+    return node
+
+
+def read_forwarded(headers: list[tuple[bytes, bytes]], trust: ProxyTrust) -> Forwarded | None:
+    """Extract forwarding information, or None when the request carries none."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if name in _PROXY_HEADERS:
+            found.setdefault(name, []).append(value)
+    if not found:
+        return None
+    fwd = Forwarded()
+    if b"forwarded" in found:
+        elements = _parse_forwarded(found[b"forwarded"])
+        # Walk from the nearest proxy back until an untrusted hop: that element is the
+        # one our trusted proxies vouch for.
+        chosen: dict[str, str] | None = None
+        for element in reversed(elements):
+            chosen = element
+            node = element.get("for")
+            if node is None or not trust.trusts(_node_host(node)):
+                break
+        if chosen is not None:
+            if "for" in chosen:
+                fwd.client = _node_host(chosen["for"])
+            if "proto" in chosen:
+                fwd.scheme = chosen["proto"].lower()
+            if "host" in chosen:
+                fwd.host = chosen["host"].encode("latin-1")
+        return fwd
+    if b"x-forwarded-for" in found:
+        hops = [h.strip() for v in found[b"x-forwarded-for"] for h in v.decode("latin-1").split(",") if h.strip()]
+        fwd.client = _rightmost_untrusted(hops, trust)
+    if b"x-forwarded-proto" in found:
+        fwd.scheme = found[b"x-forwarded-proto"][-1].decode("latin-1").split(",")[-1].strip().lower()
+    if b"x-forwarded-host" in found:
+        fwd.host = found[b"x-forwarded-host"][-1].split(b",")[-1].strip()
+    if b"x-forwarded-port" in found:
+        try:
+            fwd.port = int(found[b"x-forwarded-port"][-1].split(b",")[-1].strip())
+        except ValueError:
+            pass
+    if b"x-forwarded-prefix" in found:
+        prefix = found[b"x-forwarded-prefix"][-1].decode("latin-1").split(",")[-1].strip().rstrip("/")
+        if prefix.startswith("/"):
+            fwd.prefix = prefix
+    return fwd
+
+
+def apply_forwarded(scope: dict[str, Any], fwd: Forwarded, websocket: bool) -> None:
+    """Rewrite a scope in place with what trusted proxies forwarded."""
+    if fwd.client:
+        port = scope["client"][1] if scope.get("client") else 0
+        scope["client"] = (fwd.client, port)
+    if fwd.scheme in ("http", "https", "ws", "wss"):
+        scheme = fwd.scheme
+        if websocket:
+            scheme = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        else:
+            scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+        scope["scheme"] = scheme
+    if fwd.host:
+        scope["headers"] = [(n, fwd.host if n == b"host" else v) for n, v in scope["headers"]]
+    if fwd.port is not None and scope.get("server"):
+        scope["server"] = (scope["server"][0], fwd.port)
+    if fwd.prefix:
+        scope["root_path"] = fwd.prefix + scope["root_path"]
+
+
+def build_http_scope(
+    head: RequestHead,
+    *,
+    client: Address | None,
+    server: tuple[str, int | None] | None,
+    scheme: str,
+    root_path: str,
+    state: dict[str, Any],
+    proxy_trusted: bool,
+    trust: ProxyTrust,
+) -> dict[str, Any]:
+    """The ASGI ``http`` scope for one request (www spec 2.5)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.5"},
+        "http_version": head.http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": head.method,
+        "root_path": root_path,
+        "path": decode_path(head.raw_path),
+        "raw_path": head.raw_path,
+        "query_string": head.query_string,
+        "headers": head.headers,
+        "state": state.copy(),
+        "extensions": {},
+    }
+    if proxy_trusted:
+        fwd = read_forwarded(head.headers, trust)
+        if fwd is not None:
+            apply_forwarded(scope, fwd, websocket=False)
+    return scope
+
+
+def build_websocket_scope(
+    head: RequestHead,
+    *,
+    client: Address | None,
+    server: tuple[str, int | None] | None,
+    scheme: str,
+    root_path: str,
+    state: dict[str, Any],
+    proxy_trusted: bool,
+    trust: ProxyTrust,
+) -> dict[str, Any]:
+    """The ASGI ``websocket`` scope for an upgrade request (www spec 2.5)."""
+    subprotocols: list[str] = []
+    for name, value in head.headers:
+        if name == b"sec-websocket-protocol":
+            subprotocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.5"},
+        "http_version": head.http_version,
+        "server": server,
+        "client": client,
+        "scheme": "wss" if scheme == "https" else "ws",
+        "root_path": root_path,
+        "path": decode_path(head.raw_path),
+        "raw_path": head.raw_path,
+        "query_string": head.query_string,
+        "headers": head.headers,
+        "subprotocols": subprotocols,
+        "state": state.copy(),
+        "extensions": {"websocket.http.response": {}},
+    }
+    if proxy_trusted:
+        fwd = read_forwarded(head.headers, trust)
+        if fwd is not None:
+            apply_forwarded(scope, fwd, websocket=True)
+    return scope

@@ -1,0 +1,128 @@
+"""Command line: ``fastgate MODULE:ATTR [options]``, generated from config.OPTIONS.
+
+The flags are not written here one by one: each comes from its field in ``config.py``.
+Only options given on the command line are collected (argparse default SUPPRESS), so the
+precedence merge in ``config.load`` can tell "not given" from "given the default".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fastgate import __version__
+from fastgate.config import BOOL, LIST, OPTIONS, Config, load, parse_value
+from fastgate.errors import EXIT_OK, EXIT_USAGE, ConfigError
+
+_SECTION_TITLES = {
+    "app": "application",
+    "bind": "sockets",
+    "http": "HTTP",
+    "websocket": "WebSocket",
+    "process": "processes",
+    "reload": "development reload",
+    "log": "logging",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastgate",
+        description="fastgate: an ASGI server with a supervising master (uvloop + httptools).",
+        epilog="Every option can also be set as FASTGATE_<NAME> in the environment or in a TOML --config file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("app", nargs="?", metavar="MODULE:ATTR", help="the ASGI application")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of options (flat keys, or [tool.fastgate])")
+    parser.add_argument("--print-config", action="store_true", help="print the merged configuration and exit")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"fastgate {__version__}")
+    groups: dict[str, Any] = {}
+    for spec in OPTIONS.values():
+        if spec.name == "app":
+            continue
+        group = groups.get(spec.section)
+        if group is None:
+            group = groups[spec.section] = parser.add_argument_group(_SECTION_TITLES[spec.section])
+        default = spec.default
+        help_text = spec.help if default in (None, "", ()) else f"{spec.help} [default: {_show(default)}]"
+        help_text = help_text.replace("%", "%%")
+        if spec.kind == BOOL:
+            group.add_argument(spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif spec.kind == LIST:
+            group.add_argument(spec.flag, dest=spec.name, action="append", metavar=spec.metavar, help=help_text)
+        else:
+            group.add_argument(
+                spec.flag, dest=spec.name, metavar=spec.metavar or _metavar(spec.choices, spec.kind), help=help_text
+            )
+    return parser
+
+
+def _metavar(choices: tuple[str, ...] | None, kind: str) -> str:
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    return {"int": "N", "float": "SECONDS"}.get(kind, "TEXT")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parse argv (plus environment and config file) into a validated Config.
+
+    Raises:
+        ConfigError: an option value is invalid.
+        SystemExit: argparse rejected the command line (exit 2).
+    """
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    given: dict[str, Any] = {}
+    for name, raw in vars(ns).items():
+        spec = OPTIONS.get(name)
+        if spec is None:
+            continue
+        if spec.kind == BOOL:
+            given[name] = bool(raw)
+        elif spec.kind == LIST:
+            # Repeated flags accumulate; each may also hold a comma-separated list.
+            items: list[str] = []
+            for chunk in raw:
+                items.extend(parse_value(spec, chunk, f"command line {spec.flag}"))
+            given[name] = tuple(items)
+        elif raw is not None:
+            given[name] = parse_value(spec, raw, f"command line {spec.flag}")
+    config = load(given, config_file=getattr(ns, "config", None))
+    return config, ns
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fastgate`` and ``python -m fastgate``; returns the exit code."""
+    try:
+        config, ns = parse_args(argv)
+    except ConfigError as exc:
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(ns, "print_config", False):
+        print(json.dumps(config.flat(), indent=2, default=list))
+        return EXIT_OK
+    if not config.app.app:
+        print("fastgate: error: no application given; pass MODULE:ATTR (e.g. 'fastgate main:app')", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(ns, "check_config", False):
+        print("fastgate: configuration OK")
+        return EXIT_OK
+    from fastgate.runner import run
+
+    return run(config)
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,565 @@
+"""HTTP/1.1 server connection: bytes in, events out; response parts in, bytes out.
+
+Theory of operation
+-------------------
+``H1Connection`` never touches a socket, a loop or a clock. ``receive_data`` feeds bytes
+to an httptools (llhttp) parser whose callbacks append events to a queue; ``next_event``
+pops them. The caller (the asyncio adapter) writes whatever bytes the response methods
+return.
+
+Two small state machines, one per direction, because a server may answer before the
+request body has arrived (RFC 9112 §9.3):
+
+    request_state:  HEAD --RequestHead--> BODY --EndOfRequest--> DONE
+    response_state: WAITING --start--> BODY --end--> DONE
+
+``start_next_request`` moves both back to HEAD/WAITING once both are DONE and the
+connection may be kept alive. Pipelining falls out of the queue: the parser may run
+ahead, but ``next_event`` answers PAUSED instead of handing out the next request while
+the current one is still being served, so responses go out strictly in order.
+
+A connection that reached a terminal condition (a bad request, a switch of protocol) stops
+parsing: its queue ends with the ``BadRequest`` / ``UpgradeRequest``.
+
+Strictness. llhttp in its default strict mode already rejects bare LF line ends, obs-fold,
+control bytes in header values, invalid tokens, Content-Length together with
+Transfer-Encoding and duplicate Content-Length (RFC 9112 §2.2, §5.2, §6.3). What it lets
+through and we refuse here: HTTP versions other than 1.0/1.1 (including 0.9), transfer
+codings other than exactly ``chunked``, CONNECT and other non-origin targets, a missing or
+repeated Host in HTTP/1.1 (§3.2), and heads over the configured limits. httptools buffers
+a header field until it ends, so we also bound the bytes of a head still in flight.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+from fastgate.errors import LocalProtocolError
+from fastgate.http.events import (
+    END_OF_REQUEST,
+    NEED_DATA,
+    PAUSED,
+    BadRequest,
+    BodyChunk,
+    Event,
+    RequestHead,
+    UpgradeRequest,
+)
+
+
+class RequestState(enum.Enum):
+    HEAD = "head"
+    BODY = "body"
+    DONE = "done"
+
+
+class ResponseState(enum.Enum):
+    WAITING = "waiting"
+    BODY = "body"
+    DONE = "done"
+
+
+class ConnectionState(enum.Enum):
+    OPEN = "open"
+    ERROR = "error"  # a BadRequest was queued: answer it and close
+    SWITCHED = "switched"  # an UpgradeRequest was queued: bytes now belong to another protocol
+
+
+@dataclass(frozen=True, slots=True)
+class H1Limits:
+    """Request limits (RFC 9112 leaves them to the server)."""
+
+    max_request_line: int = 8190
+    max_header_count: int = 100
+    max_header_size: int = 8190
+    websocket: bool = True  # False: upgrade requests are served as plain HTTP
+
+    @property
+    def max_head_bytes(self) -> int:
+        # Generous bound on a head still being received; the precise checks run per field.
+        return self.max_request_line + self.max_header_count * (self.max_header_size + 4) + 4
+
+
+class DefaultHeaders:
+    """Headers the server adds to every response; ``date`` is refreshed by the worker."""
+
+    __slots__ = ("date", "server", "extra")
+
+    def __init__(self, *, server: bytes | None = b"fastgate", extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.date: bytes | None = None  # b"date: ...\r\n" once the worker's timer sets it
+        self.server = b"server: " + server + b"\r\n" if server else b""
+        self.extra = b"".join(n + b": " + v + b"\r\n" for n, v in extra)
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+
+
+# Precomputed for every valid code, so the hot path is one dict lookup.
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+_NO_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to abort parsing with a status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+# Parser errors whose right answer is not a plain 400.
+_ERROR_STATUS = {
+    "HttpParserInvalidMethodError": 400,
+    "HttpParserInvalidURLError": 400,
+}
+
+
+class H1Connection:
+    """The server side of one HTTP/1.1 connection, without I/O.
+
+    Args:
+        limits: request size limits.
+        defaults: headers added to every response (Date, Server, --header).
+    """
+
+    __slots__ = (
+        "limits",
+        "defaults",
+        "request_state",
+        "response_state",
+        "state",
+        "keep_alive",
+        "_parser",
+        "_events",
+        "_url",
+        "_headers",
+        "_in_head",
+        "_pending_head_bytes",
+        "_host_count",
+        "_expect_continue",
+        "_upgrade",
+        "_chunked",
+        "_pending_upgrade",
+        "_method",
+        "_http_version",
+        "_no_body",
+        "_framing",
+        "_remaining",
+    )
+
+    def __init__(self, limits: H1Limits | None = None, defaults: DefaultHeaders | None = None) -> None:
+        self.limits = limits or H1Limits()
+        self.defaults = defaults or DefaultHeaders()
+        self.request_state = RequestState.HEAD
+        self.response_state = ResponseState.WAITING
+        self.state = ConnectionState.OPEN
+        self.keep_alive = True
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[Event] = deque()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._pending_head_bytes = 0
+        self._host_count = 0
+        self._expect_continue = False
+        self._upgrade: bytes | None = None
+        self._chunked = False
+        self._pending_upgrade: RequestHead | None = None
+        # Response side, for the request being answered.
+        self._method = "GET"
+        self._http_version = "1.1"
+        self._no_body = False
+        self._framing = 0  # 0 content-length, 1 chunked, 2 until close
+        self._remaining = 0
+
+    # ---------------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer. Never raises on peer input: errors become BadRequest.
+
+        Args:
+            data: bytes as read from the transport.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            reject = exc.__context__
+            if isinstance(reject, _Reject):
+                self._fail(reject.status, reject.reason)
+            else:  # pragma: no cover - a bug in our callbacks
+                self._fail(400, f"invalid request: {reject!r}")
+            return
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data, int(exc.args[0]))
+            return
+        except httptools.HttpParserError as exc:
+            status = _ERROR_STATUS.get(type(exc).__name__, 400)
+            self._fail(status, str(exc) or "malformed request")
+            return
+        if self._in_head:
+            self._pending_head_bytes += len(data)
+            if self._pending_head_bytes > self.limits.max_head_bytes:
+                self._fail(431, "request head too large")
+
+    def receive_eof(self) -> None:
+        """The peer half-closed. A request cut short is dropped; nothing else to do."""
+        if self.state is ConnectionState.OPEN and (self._in_head or self.request_state is RequestState.BODY):
+            # An incomplete request: no response is owed (the peer cannot read it reliably).
+            self.keep_alive = False
+
+    def next_event(self) -> Event:
+        """The next event, NEED_DATA when more bytes are needed, or PAUSED.
+
+        Returns:
+            RequestHead, BodyChunk, END_OF_REQUEST, UpgradeRequest, BadRequest,
+            NEED_DATA or PAUSED.
+        """
+        events = self._events
+        if not events:
+            return NEED_DATA
+        event = events[0]
+        state = self.request_state
+        cls = event.__class__
+        if cls is BodyChunk:
+            return events.popleft()
+        if cls is RequestHead or cls is UpgradeRequest:
+            if state is not RequestState.HEAD:
+                return PAUSED
+            self.request_state = RequestState.BODY
+            assert isinstance(event, (RequestHead, UpgradeRequest))
+            head = event if cls is RequestHead else event.head  # type: ignore[union-attr]
+            self._begin_response(head)  # type: ignore[arg-type]
+        elif event is END_OF_REQUEST:
+            self.request_state = RequestState.DONE
+        elif cls is BadRequest:
+            # A broken body belongs to the current request: deliver it now. A broken next
+            # request waits its turn, like any pipelined request.
+            if state is RequestState.DONE:
+                return PAUSED
+            self.keep_alive = False
+        return events.popleft()
+
+    # -- httptools callbacks (peer input; raise _Reject to abort) --
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._host_count = 0
+        self._expect_continue = False
+        self._upgrade = None
+        self._chunked = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailer fields of a chunked body: not exposed in ASGI http scope
+        headers = self._headers
+        if len(headers) >= self.limits.max_header_count:
+            raise _Reject(431, "too many header fields")
+        if len(name) + len(value) > self.limits.max_header_size:
+            raise _Reject(431, "header field too large")
+        name = name.lower()
+        headers.append((name, value))
+        special = _SPECIAL_HEADERS.get(name)
+        if special is not None:
+            special(self, value)
+
+    def _on_host(self, value: bytes) -> None:
+        self._host_count += 1
+        if self._host_count > 1:
+            raise _Reject(400, "more than one Host header")
+
+    def _on_transfer_encoding(self, value: bytes) -> None:
+        # Only a bare `chunked` is understood; `gzip, chunked` would need decoding we don't do.
+        if self._chunked or value.strip().lower() != b"chunked":
+            raise _Reject(400, "unsupported Transfer-Encoding")
+        self._chunked = True
+
+    def _on_expect(self, value: bytes) -> None:
+        self._expect_continue = value.strip().lower() == b"100-continue"
+
+    def _on_upgrade_header(self, value: bytes) -> None:
+        self._upgrade = value.strip().lower()
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._in_head = False
+        self._pending_head_bytes = 0
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            if version.startswith("0."):
+                raise _Reject(400, "HTTP/0.9 is not supported")
+            raise _Reject(505, f"HTTP/{version} is not supported")
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise _Reject(400, "CONNECT is not supported")
+        url = self._url
+        if url[:1] == b"/":
+            raw_path, sep, query = url.partition(b"?")
+        elif url == b"*" and method == "OPTIONS":
+            raw_path, query = b"*", b""
+        elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "invalid request target") from None
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        else:
+            raise _Reject(400, "invalid request target")
+        if self._host_count == 0 and version == "1.1":
+            raise _Reject(400, "missing Host header")
+        upgrade = None
+        if (
+            self._upgrade is not None
+            and self.limits.websocket
+            and method == "GET"
+            and parser.should_upgrade()
+            and b"websocket" in [t.strip() for t in self._upgrade.split(b",")]
+        ):
+            upgrade = b"websocket"
+        head = RequestHead(
+            method,
+            url,
+            raw_path,
+            query,
+            version,
+            self._headers,
+            parser.should_keep_alive(),
+            self._expect_continue,
+            upgrade,
+        )
+        if upgrade is not None:
+            self._pending_upgrade = head  # becomes an UpgradeRequest once llhttp stops
+        else:
+            self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(BodyChunk(body))
+
+    def on_message_complete(self) -> None:
+        if self._pending_upgrade is None:
+            self._events.append(END_OF_REQUEST)
+
+    def _on_upgrade(self, data: bytes, offset: int) -> None:
+        head = self._pending_upgrade
+        if head is None:
+            # llhttp pauses on any Connection: upgrade + Upgrade pair (and on CONNECT,
+            # rejected earlier). Upgrades we don't speak (h2c, ...) are plain requests:
+            # resume parsing the bytes after the paused message.
+            rest = data[offset:]
+            if rest:
+                self.receive_data(rest)
+            return
+        self._pending_upgrade = None
+        self._events.append(UpgradeRequest(head, data[offset:]))
+        self.state = ConnectionState.SWITCHED
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._in_head = False
+        self._events.append(BadRequest(status, reason))
+        self.state = ConnectionState.ERROR
+
+    # ---------------------------------------------------------------- sending
+
+    def _begin_response(self, head: RequestHead) -> None:
+        self.response_state = ResponseState.WAITING
+        self._method = head.method
+        self._http_version = head.http_version
+        self.keep_alive = self.keep_alive and head.keep_alive
+
+    def start_response(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None = None
+    ) -> bytes:
+        """Serialise the response head, choosing the body framing.
+
+        Args:
+            status: the status code (100-599, but not 101: upgrades are not ours here).
+            headers: ``(name, value)`` byte pairs from the app.
+            body: the whole body when it is already known (the app sent its only body
+                chunk together with the start); it is framed with Content-Length and
+                appended, and the response is complete.
+
+        Returns:
+            bytes to write.
+
+        Raises:
+            LocalProtocolError: invalid status, header name or value, or wrong state.
+        """
+        if self.response_state is not ResponseState.WAITING:
+            raise LocalProtocolError("response already started")
+        status_line = STATUS_LINES.get(status) if status.__class__ is int else None
+        if status_line is None or status == 101:
+            raise LocalProtocolError(f"invalid status code {status!r}")
+        no_body = status in _NO_BODY_STATUS or self._method == "HEAD"
+        content_length: int | None = None
+        has_server = has_date = False
+        parts = [status_line]
+        append = parts.append
+        for name, value in headers:
+            lname = name.lower()
+            if not _TOKEN(name) or _BAD_VALUE(value):
+                raise LocalProtocolError(f"invalid response header {name!r}: {value!r}")
+            if lname == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise LocalProtocolError(f"invalid content-length {value!r}") from None
+                if content_length < 0:
+                    raise LocalProtocolError(f"invalid content-length {value!r}")
+            elif lname == b"transfer-encoding":
+                continue  # framing is ours to choose
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+                continue  # written below, once, from keep_alive
+            elif lname == b"server":
+                has_server = True
+            elif lname == b"date":
+                has_date = True
+            append(name + b": " + value + b"\r\n")
+        defaults = self.defaults
+        if not has_date and defaults.date:
+            append(defaults.date)
+        if not has_server and defaults.server:
+            append(defaults.server)
+        if defaults.extra:
+            append(defaults.extra)
+
+        if no_body:
+            self._framing = 0
+            self._remaining = 0
+        elif content_length is not None:
+            self._framing = 0
+            self._remaining = content_length
+        elif body is not None:
+            content_length = len(body)
+            append(b"content-length: %d\r\n" % content_length)
+            self._framing = 0
+            self._remaining = content_length
+        elif self._http_version == "1.1":
+            append(b"transfer-encoding: chunked\r\n")
+            self._framing = 1
+        else:
+            self._framing = 2  # HTTP/1.0 client: the body ends when we close
+            self.keep_alive = False
+        self._no_body = no_body
+
+        if not self.keep_alive:
+            append(b"connection: close\r\n\r\n")
+        elif self._http_version == "1.0":
+            append(b"connection: keep-alive\r\n\r\n")
+        else:
+            append(b"\r\n")
+        self.response_state = ResponseState.BODY
+        if body is not None:
+            append(self.send_body(body, end=True))
+        return b"".join(parts)
+
+    def send_body(self, data: bytes, end: bool) -> bytes:
+        """Frame a piece of the response body.
+
+        Args:
+            data: body bytes (may be empty).
+            end: this is the last piece.
+
+        Returns:
+            bytes to write (possibly empty).
+
+        Raises:
+            LocalProtocolError: the body is longer than its Content-Length, or ends
+                shorter, or no response was started.
+        """
+        if self.response_state is not ResponseState.BODY:
+            raise LocalProtocolError("send_body outside a response body")
+        if end:
+            self.response_state = ResponseState.DONE
+        if self._no_body:
+            return b""
+        framing = self._framing
+        if framing == 0:
+            self._remaining -= len(data)
+            if self._remaining < 0:
+                self.keep_alive = False
+                self.response_state = ResponseState.DONE
+                raise LocalProtocolError("response body longer than its Content-Length")
+            if end and self._remaining:
+                self.keep_alive = False
+                raise LocalProtocolError("response body shorter than its Content-Length")
+            return data
+        if framing == 1:
+            if data:
+                chunk = b"%x\r\n%b\r\n" % (len(data), data)
+                return chunk + b"0\r\n\r\n" if end else chunk
+            return b"0\r\n\r\n" if end else b""
+        return data
+
+    def error_response(self, status: int, reason: str = "") -> bytes:
+        """A complete plain-text error response; the connection must close after it.
+
+        Args:
+            status: 4xx or 5xx.
+            reason: short text for the body (and the log).
+        """
+        body = (HTTPStatus(status).phrase + (": " + reason if reason else "") + "\n").encode("utf-8", "replace")
+        defaults = self.defaults
+        self.keep_alive = False
+        self.response_state = ResponseState.DONE
+        return b"".join(
+            (
+                STATUS_LINES[status],
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(body),
+                defaults.date or b"",
+                defaults.server,
+                b"connection: close\r\n\r\n",
+                body,
+            )
+        )
+
+    def start_next_request(self) -> bool:
+        """Reset for the next request on a kept-alive connection.
+
+        Returns:
+            False (and nothing changes) when the connection must close instead: keep-alive
+            is off, the request body was not fully read, or the connection is in error.
+        """
+        if self.response_state is not ResponseState.DONE:
+            raise LocalProtocolError("start_next_request before the response ended")
+        if not self.keep_alive or self.request_state is not RequestState.DONE:
+            # A half-read request body would be parsed as the next request: never reuse.
+            self.keep_alive = False
+            return False
+        self.request_state = RequestState.HEAD
+        self.response_state = ResponseState.WAITING
+        return True
+
+
+_SPECIAL_HEADERS = {
+    b"host": H1Connection._on_host,
+    b"transfer-encoding": H1Connection._on_transfer_encoding,
+    b"expect": H1Connection._on_expect,
+    b"upgrade": H1Connection._on_upgrade_header,
+}

@@ -1,0 +1,263 @@
+"""A worker: uvloop loop, lifespan, serving the listening sockets, graceful drain.
+
+Used in two ways: ``run_single`` (no master: bind, load, serve in this process) and
+``run_worker`` (called in a forked child with inherited sockets and a ``WorkerHooks``
+that reports to the master).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import Protocol
+
+import uvloop
+
+from fastgate.asgi.lifespan import Lifespan
+from fastgate.asgi.loader import load_app
+from fastgate.asgi.types import ASGIApp
+from fastgate.config import Config
+from fastgate.errors import (
+    EXIT_APP_LOAD_FAILED,
+    EXIT_BOOT_FAILED,
+    EXIT_OK,
+    AppLoadError,
+    BindError,
+    LifespanFailure,
+)
+from fastgate.logs import error_logger, reopen_files
+from fastgate.worker.context import WorkerContext
+from fastgate.worker.protocol import HttpProtocol
+
+
+class WorkerHooks(Protocol):
+    """How a worker reports to whoever supervises it."""
+
+    beat_interval: float | None  # seconds between beats, None for no heartbeat
+
+    def ready(self) -> None: ...
+
+    def beat(self) -> None: ...
+
+    def draining(self) -> None: ...
+
+
+class Worker:
+    """Serve ``sockets`` with ``app`` until told to stop.
+
+    Args:
+        config: the configuration.
+        app: the ASGI 3 app.
+        sockets: listening sockets (bound by the master or by ``run_single``).
+        hooks: supervisor reporting, or None when running alone.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        app: ASGIApp,
+        sockets: Sequence[socket.socket],
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.sockets = list(sockets)
+        self.hooks = hooks
+        self.ctx: WorkerContext | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.exit_code = EXIT_OK
+        self._stop: asyncio.Event | None = None
+        self._force = False
+        self._date_timer: asyncio.TimerHandle | None = None
+        self._beat_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> int:
+        """Run until stopped; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        config = self.config
+        lifespan = Lifespan(self.app, config.app.lifespan, config.app.timeout_lifespan)
+        try:
+            await lifespan.startup()
+        except LifespanFailure as exc:
+            error_logger.error("%s", exc)
+            return EXIT_BOOT_FAILED
+        ctx = self.ctx = WorkerContext(config, self.app, lifespan.state)
+        limit = config.http.limit_max_requests
+        if limit is not None:
+            jitter = config.http.limit_max_requests_jitter
+            ctx.max_requests = limit + (int.from_bytes(os.urandom(4), "big") % (jitter + 1) if jitter else 0)
+            ctx.on_max_requests = self._on_max_requests
+        if config.http.date_header:
+            self._tick_date()
+        backlog = config.bind.backlog
+        for sock in self.sockets:
+            server = await loop.create_server(lambda: HttpProtocol(ctx), sock=sock, backlog=backlog)
+            self.servers.append(server)
+        ctx.ready = True
+        if self.hooks is not None:
+            self.hooks.ready()
+            self._schedule_beat()
+        await self._stop.wait()
+        await self._drain()
+        await lifespan.shutdown()
+        self._cancel_timers()
+        return self.exit_code
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Ask the worker to drain (graceful) or to close everything now."""
+        if not graceful:
+            self._force = True
+            if self.ctx is not None:
+                for conn in list(self.ctx.connections):
+                    conn.abort()
+                for ws in list(self.ctx.websockets):
+                    ws.abort()
+        if self._stop is not None:
+            self._stop.set()
+
+    def _on_max_requests(self) -> None:
+        error_logger.info("Served %d requests (--limit-max-requests): recycling this worker", self.ctx.requests_served
+                          if self.ctx else 0)
+        self.stop()
+
+    async def _drain(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        delay = self.config.process.shutdown_delay
+        if delay > 0 and not self._force:
+            # Readiness answers 503 while we still serve, so the load balancer moves away
+            # before the listener closes (Kubernetes endpoint propagation).
+            ctx.ready = False
+            await asyncio.sleep(delay)
+        ctx.draining = True
+        if self.hooks is not None:
+            self.hooks.draining()
+        for server in self.servers:
+            server.close()
+        for conn in list(ctx.connections):
+            conn.shutdown()
+        for ws in list(ctx.websockets):
+            ws.shutdown()
+        if ctx.connections or ctx.websockets:
+            timeout = self.config.process.timeout_graceful_shutdown
+            try:
+                await asyncio.wait_for(ctx.all_closed.wait(), timeout)
+            except asyncio.TimeoutError:
+                error_logger.warning(
+                    "%d connection(s) still open after --timeout-graceful-shutdown %gs: closing them",
+                    len(ctx.connections) + len(ctx.websockets), timeout,
+                )
+                for conn in list(ctx.connections):
+                    conn.abort()
+                for ws in list(ctx.websockets):
+                    ws.abort()
+        # Let cancelled request tasks run their cleanup before lifespan shutdown.
+        tasks = [c.task for c in ctx.connections if c.task is not None and not c.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    # ------------------------------------------------------------ timers
+
+    def _tick_date(self) -> None:
+        assert self.ctx is not None
+        loop = asyncio.get_running_loop()
+        self.ctx.defaults.date = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+        # Re-arm at the next wall-clock second so the header changes when the second does.
+        self._date_timer = loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._tick_date)
+
+    def _schedule_beat(self) -> None:
+        hooks = self.hooks
+        if hooks is None or not hooks.beat_interval:
+            return
+        loop = asyncio.get_running_loop()
+
+        def beat() -> None:
+            hooks.beat()
+            self._beat_timer = loop.call_later(hooks.beat_interval or 1.0, beat)
+
+        beat()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._date_timer, self._beat_timer):
+            if timer is not None:
+                timer.cancel()
+
+    # ------------------------------------------------------------ signals
+
+    def install_signal_handlers(self, *, supervised: bool) -> None:
+        """SIGTERM drains. Alone, SIGINT drains and a second SIGINT forces; under a
+        master, SIGINT is ignored (the master coordinates Ctrl-C) and SIGQUIT forces."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGQUIT, lambda: self.stop(graceful=False))
+        loop.add_signal_handler(signal.SIGUSR1, reopen_files)
+        if supervised:
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+        else:
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+
+    def _on_sigterm(self) -> None:
+        error_logger.info("Shutting down (SIGTERM): finishing in-flight requests")
+        self.stop()
+
+    def _on_sigint(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            error_logger.info("Second interrupt: closing connections now")
+            self.stop(graceful=False)
+        else:
+            error_logger.info("Shutting down (SIGINT): finishing in-flight requests; Ctrl-C again to force")
+            self.stop()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop()
+
+
+def run_single(config: Config) -> int:
+    """Bind, load and serve in this one process (``--workers 0``)."""
+    from fastgate.supervisor.sockets import bind_all
+
+    try:
+        app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
+                       interface=config.app.interface)
+    except AppLoadError as exc:
+        report_app_load_error(exc)
+        return EXIT_APP_LOAD_FAILED
+    try:
+        listeners = bind_all(config)
+    except BindError as exc:
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_BOOT_FAILED
+    try:
+        worker = Worker(config, app, [listener.sock for listener in listeners])
+
+        async def main() -> int:
+            worker.install_signal_handlers(supervised=False)
+            for listener in listeners:
+                error_logger.info("Listening on %s (pid %d)", listener.display, os.getpid())
+            return await worker.serve()
+
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            return runner.run(main())
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def report_app_load_error(exc: AppLoadError) -> None:
+    """Print an app load failure: the app's own traceback (if any), then one clear line."""
+    cause = exc.__cause__
+    if cause is not None and not isinstance(cause, ModuleNotFoundError):
+        import traceback
+
+        traceback.print_exception(cause, file=sys.stderr)
+    print(f"fastgate: error: {exc}", file=sys.stderr)
