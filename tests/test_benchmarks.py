@@ -84,3 +84,13 @@ def test_benchmark_app_under_fastgate(serve):
         r = client.get("/stream")
         assert r.status_code == 200 and len(r.content) == 16 * 65536
         assert client.get("/missing").status_code == 404
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_bench_h1_runs_every_mode(capsys, big):
+    from benchmarks import bench_h1
+
+    assert bench_h1.main(["-n", "200", "--repeat", "1", *(["--big"] if big else [])]) == 0
+    out = capsys.readouterr().out
+    for mode in ("h1", "cycle", "protocol"):
+        assert mode in out
