@@ -64,7 +64,6 @@ from fastgate.http.events import (
     UpgradeRequest,
 )
 
-
 # Slack over max_header_size for a stalled field: ": ", CRLF and a little optional whitespace.
 _FIELD_SLACK = 64
 
