@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
