@@ -10,6 +10,8 @@ without network noise (CPU time of this process, best of the repeats, so other j
 * ``protocol``: ``HttpProtocol.data_received`` on a fake transport inside a uvloop loop,
                 one request at a time, until the response is written: everything but the
                 kernel (task creation, timers, flow control included).
+* ``close``:    as ``protocol`` with ``Connection: close``: a new ``HttpProtocol`` per
+                request (``connection_made`` to ``connection_lost``).
 
     python benchmarks/bench_h1.py                 # all modes
     python benchmarks/bench_h1.py --mode protocol -n 200000 --repeat 5
@@ -173,6 +175,15 @@ class FakeTransport:
 
 
 def bench_protocol(n: int, request: bytes) -> float:
+    return _run_protocol(n, request, per_connection=False)
+
+
+def bench_close(n: int, request: bytes) -> float:
+    return _run_protocol(n, request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1),
+                         per_connection=True)
+
+
+def _run_protocol(n: int, request: bytes, per_connection: bool) -> float:
     import uvloop
 
     from fastgate.worker.context import WorkerContext
@@ -183,11 +194,23 @@ def bench_protocol(n: int, request: bytes) -> float:
     async def main() -> float:
         ctx = WorkerContext(config, hello)
         ctx.defaults.date = b"date: Tue, 24 Nov 2026 16:00:00 GMT\r\n"
+        sleep = asyncio.sleep
+        if per_connection:
+            t0 = time.process_time()
+            for _ in range(n):
+                proto = HttpProtocol(ctx)
+                transport = FakeTransport()
+                proto.connection_made(transport)  # type: ignore[arg-type]
+                proto.data_received(request)
+                if transport.writes == 0 or proto.cycle is not None:
+                    await sleep(0)
+                assert transport.closing, "Connection: close did not close"
+                proto.connection_lost(None)
+            return time.process_time() - t0
         proto = HttpProtocol(ctx)
         transport = FakeTransport()
         proto.connection_made(transport)  # type: ignore[arg-type]
         feed = proto.data_received
-        sleep = asyncio.sleep
         t0 = time.process_time()
         for _ in range(n):
             feed(request)
@@ -203,7 +226,7 @@ def bench_protocol(n: int, request: bytes) -> float:
     return uvloop.run(main())
 
 
-MODES = {"h1": bench_h1, "cycle": bench_cycle, "protocol": bench_protocol}
+MODES = {"h1": bench_h1, "cycle": bench_cycle, "protocol": bench_protocol, "close": bench_close}
 
 
 def main(argv: list[str] | None = None) -> int:

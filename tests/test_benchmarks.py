@@ -92,5 +92,5 @@ def test_bench_h1_runs_every_mode(capsys, big):
 
     assert bench_h1.main(["-n", "200", "--repeat", "1", *(["--big"] if big else [])]) == 0
     out = capsys.readouterr().out
-    for mode in ("h1", "cycle", "protocol"):
+    for mode in ("h1", "cycle", "protocol", "close"):
         assert mode in out

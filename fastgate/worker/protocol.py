@@ -8,7 +8,6 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
@@ -57,7 +56,6 @@ class HttpProtocol(asyncio.Protocol):
         self.flow = FlowControl(transport)
         ctx = self.ctx
         ctx.register(self)
-        sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.client = _address(peer)
@@ -68,7 +66,9 @@ class HttpProtocol(asyncio.Protocol):
             self.scheme = "https"
         trust = ctx.trust
         if trust.enabled:
-            unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+            # A UNIX-socket connection's sockname is the path (str); no need to fetch the socket
+            # object (uvloop builds a wrapper for it).
+            unix = isinstance(local, str)
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
         # Accepted while draining (the accept raced the listener close): the client has
         # sent or will send a request; serve it with keep-alive off rather than reset it.
@@ -79,7 +79,9 @@ class HttpProtocol(asyncio.Protocol):
         conn = self.conn
         conn.receive_data(data)
         if self._deadline_idle:
-            self._cancel_timer()  # a new request is arriving on a kept-alive connection
+            # A new request is arriving on a kept-alive connection (inlined _cancel_timer).
+            self.deadline = 0.0
+            self._deadline_idle = False
         self._process_events()
         if self.deadline == 0.0 and self.cycle is None and conn.request_state is RequestState.HEAD:
             # Part of a head arrived: the client now has a deadline to finish it, which
@@ -141,7 +143,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def _on_request(self, head: RequestHead) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # inlined _cancel_timer
+        self._deadline_idle = False
         ctx = self.ctx
         if ctx.draining:
             self.conn.keep_alive = False
