@@ -8,7 +8,10 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
@@ -19,6 +22,10 @@ from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
 from fastgate.worker.websocket import WebSocketProtocol
+
+# Python 3.12 can start a task eagerly: its first step runs inside create, with the task
+# already current. Before 3.12 every request pays a call_soon and a loop iteration.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -47,6 +54,8 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
         self._on_timeout: Any = None
+        self._pending: Callable[[], None] | None = None  # answers the current request once its events are in
+        self._in_events = False
         self._closed = False
 
     # ------------------------------------------------------------ transport events
@@ -114,6 +123,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ event dispatch
 
     def _process_events(self) -> None:
+        # A response that completes synchronously (a probe, or an app run by an eager task)
+        # calls response_complete from inside this loop: the loop, not a recursive call,
+        # then moves on to the next pipelined request, so the stack stays flat.
+        if self._in_events:
+            return
+        self._in_events = True
+        try:
+            self._event_loop()
+        finally:
+            self._in_events = False
+
+    def _event_loop(self) -> None:
         conn = self.conn
         while True:
             event = conn.next_event()
@@ -128,12 +149,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
                     return
-            elif event is NEED_DATA:
-                return
-            elif event is PAUSED:
-                # A pipelined request waits for the current response: stop reading so the
-                # queue stays bounded (RFC 9112 §9.3.2).
-                self.flow.pause_reading()
+            elif event is NEED_DATA or event is PAUSED:
+                # The request is answered once the events at hand are consumed, so that a
+                # response completing at once finds its request complete (END_OF_REQUEST
+                # seen) and the connection reusable.
+                start = self._pending
+                if start is not None:
+                    self._pending = None
+                    start()
+                    if self.cycle is None and not self._closed and not self.transport.is_closing():
+                        continue  # answered already: the next pipelined request may go
+                if event is PAUSED:
+                    # A pipelined request waits for the current response: stop reading so
+                    # the queue stays bounded (RFC 9112 §9.3.2).
+                    self.flow.pause_reading()
                 return
             elif cls is BadRequest:
                 self._on_bad_request(event)  # type: ignore[arg-type]
@@ -150,10 +179,10 @@ class HttpProtocol(asyncio.Protocol):
             self.conn.keep_alive = False
         raw_path = head.raw_path
         if raw_path == ctx.health_path or raw_path == ctx.ready_path:
-            self._answer_probe(head)
+            self._pending = partial(self._answer_probe, head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
-            self._send_simple(503, b"Service Unavailable\n")
+            self._pending = partial(self._send_simple, 503, b"Service Unavailable\n")
             return
         scope = build_http_scope(
             head,
@@ -166,7 +195,7 @@ class HttpProtocol(asyncio.Protocol):
             trust=ctx.trust,
         )
         access = self._log_access if ctx.access_formatter is not None else None
-        cycle = self.cycle = RequestCycle(
+        self.cycle = RequestCycle(
             scope,
             self.conn,
             self,
@@ -174,7 +203,19 @@ class HttpProtocol(asyncio.Protocol):
             access_log=access,
             start_time=time.perf_counter() if access is not None else 0.0,
         )
-        self.task = self.loop.create_task(cycle.run(ctx.app))
+        self._pending = self._start_app
+
+    def _start_app(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        if EAGER_TASKS:
+            # The app runs now, up to its first real suspension, and usually to the end:
+            # no call_soon and loop iteration per request. It is still a Task, so
+            # asyncio.current_task() (anyio cancel scopes) sees the same task throughout.
+            coro = cycle.run(self.ctx.app)
+            self.task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        else:
+            self.task = self.loop.create_task(cycle.run(self.ctx.app))
 
     def _answer_probe(self, head: RequestHead) -> None:
         ctx = self.ctx
@@ -269,6 +310,11 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self.flow.resume_reading()
+        if self._in_events:
+            # Answered synchronously from inside _process_events, whose loop goes on with
+            # the next request; until one arrives the connection is idle.
+            self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+            return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self.conn.request_state is RequestState.HEAD:
