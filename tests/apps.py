@@ -209,7 +209,9 @@ async def http_app(scope: Scope, receive: Any, send: Any) -> None:
         first = await receive()
         print("upload stalled", flush=True)
         await _release_upload.wait()
-        body, _ = await _read_body(receive)
+        body = b""
+        if first.get("more_body"):
+            body, _ = await _read_body(receive)
         await _respond(send, 200, json.dumps({"len": len(first.get("body", b"")) + len(body)}).encode())
     elif path == "/release-upload":
         if _release_upload is not None:
