@@ -52,7 +52,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
         sock = transport.get_extra_info("socket")
