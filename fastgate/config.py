@@ -280,6 +280,7 @@ def iter_options() -> Iterator[OptionSpec]:
 
 
 OPTIONS: dict[str, OptionSpec] = {o.name: o for o in iter_options()}
+_BY_FLAG: dict[str, str] = {o.flag[2:].replace("-", "_"): o.name for o in OPTIONS.values()}
 
 
 def parse_value(spec: OptionSpec, raw: Any, source: str) -> Any:
@@ -392,6 +393,7 @@ def read_toml(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
+        name = _BY_FLAG.get(name, name)  # the flag's spelling works too: header = [...]
         if name not in OPTIONS:
             raise ConfigError(f"--config: unknown option {key!r} in {path!r}; see 'fastgate --help'")
         out[name] = parse_value(OPTIONS[name], value, f"config file {path}")

@@ -59,8 +59,12 @@ def test_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
 def test_toml_tool_table(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "x"\n[tool.fastgate]\nworkers = 3\n'
-                         'headers = ["X-A: 1, 2"]\nproxy-headers = false\n')
-    assert read_toml(str(pyproject)) == {"workers": 3, "headers": ("X-A: 1, 2",), "proxy_headers": False}
+                         'headers = ["X-A: 1, 2"]\nproxy-headers = false\npid = "/run/x.pid"\n')
+    assert read_toml(str(pyproject)) == {"workers": 3, "headers": ("X-A: 1, 2",), "proxy_headers": False,
+                                         "pid_file": "/run/x.pid"}
+    flag_spelling = tmp_path / "flags.toml"
+    flag_spelling.write_text('header = ["X-B: 2"]\n')
+    assert read_toml(str(flag_spelling)) == {"headers": ("X-B: 2",)}
     other = tmp_path / "f.toml"
     other.write_text("[fastgate]\nport = 9\n")
     assert read_toml(str(other)) == {"port": 9}
