@@ -276,3 +276,52 @@ def test_concurrent_clients(serve: Serve) -> None:
     for t in threads:
         t.join(60)
     assert not errors
+
+
+@pytest.mark.parametrize("flag", ["--fd", "--bind"])
+def test_inherited_listening_fd(flag: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    value = str(fd) if flag == "--fd" else f"fd://{fd}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WEB_CONCURRENCY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fastgate", APP, "--workers", "0", flag, value],
+                            pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        listener.close()  # the server owns it now
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"Listening on http://127.0.0.1:{port} " in line, line  # the inherited socket, nothing else
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "Hello, world!"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_bad_fd_is_a_clear_boot_error(serve: Serve) -> None:
+    server = serve(APP, "--workers", "0", "--fd", "987", wait_listening=False)
+    assert server.wait(30) == 3
+    assert "fastgate: error: --fd 987: not a usable socket" in server.output
+
+
+def test_limit_max_requests_stops_the_single_process(serve: Serve) -> None:
+    server = serve(APP, "--workers", "0", "--limit-max-requests", "3")
+    with httpx.Client(timeout=5) as client:
+        for _ in range(3):
+            assert client.get(server.url + "/").status_code == 200
+    assert server.wait(30) == 0
+    assert "Served 3 requests (--limit-max-requests)" in server.output
+    assert "lifespan shutdown complete" in server.output
