@@ -176,6 +176,11 @@ class WebSocketProtocol(asyncio.Protocol):
             session.close(1012, "server restart", by_app=False)
         elif session.handshake_pending:
             session.fail(1012, "server restart")
+        elif self.session.protocol.eof_sent:
+            # Our side is finished (close frame and EOF sent): waiting for the peer to
+            # close TCP is pointless when the process is going away.
+            self.transport.close()
+            return
         self.flush()
 
     def abort(self) -> None:

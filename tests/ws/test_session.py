@@ -237,9 +237,9 @@ def test_fragmented_message_with_interleaved_pings():
     pair = Pair()
     pair.open()
     client = pair.client
-    client.send_text("hel".encode(), fin=False)
+    client.send_text(b"hel", fin=False)
     client.send_ping(b"a")
-    client.send_continuation("lo ".encode(), fin=False)
+    client.send_continuation(b"lo ", fin=False)
     client.send_ping(b"b")
     client.send_continuation("wörld".encode(), fin=True)
     client.send_binary(b"\x01", fin=False)
@@ -322,7 +322,9 @@ def test_client_close_with_code_and_reason():
     pair.open()
     pair.client.send_close(4001, "client leaving")
     pair.to_server()
-    assert pair.session.events_received() == [{"type": "websocket.disconnect", "code": 4001, "reason": "client leaving"}]
+    assert pair.session.events_received() == [
+        {"type": "websocket.disconnect", "code": 4001, "reason": "client leaving"}
+    ]
     pair.to_client()  # the echo, then EOF
     assert pair.client.close_rcvd == Close(4001, "client leaving")
     assert pair.eof_to_client and pair.session.close_expected()
@@ -367,7 +369,9 @@ def test_shutdown_close_tells_the_app_at_once():
     pair = Pair()
     pair.open()
     pair.session.close(1012, "server restart", by_app=False)
-    assert pair.session.events_received() == [{"type": "websocket.disconnect", "code": 1012, "reason": "server restart"}]
+    assert pair.session.events_received() == [
+        {"type": "websocket.disconnect", "code": 1012, "reason": "server restart"}
+    ]
     pair.to_client()
     assert pair.client.close_rcvd is not None and pair.client.close_rcvd.code == 1012
 
