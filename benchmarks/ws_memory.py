@@ -132,7 +132,7 @@ async def measure(variant: str, n: int) -> tuple[float, str]:
         conns = await open_connections(url, n, compression)
         await asyncio.sleep(0.5)
         after = rss_kib(proc.pid)
-        negotiated = getattr(conns[0], "response").headers.get("Sec-WebSocket-Extensions") or "-"
+        negotiated = conns[0].response.headers.get("Sec-WebSocket-Extensions") or "-"
         for ws in conns + warm:
             await ws.close()  # type: ignore[attr-defined]
         return (after - before) / n, negotiated
