@@ -41,8 +41,9 @@ def raw_open(server, path: str = "/echo", after: bytes = b"") -> RawClient:
 # ------------------------------------------------------------------ messages
 
 
-def test_text_binary_and_1mib_echo_with_websockets_client(serve):
-    server = serve(APP, "--workers", "0")
+@pytest.mark.parametrize("ws_option", ["auto", "websockets"])
+def test_text_binary_and_1mib_echo_with_websockets_client(serve, ws_option):
+    server = serve(APP, "--workers", "0", "--ws", ws_option)
     with connect(ws_url(server, "/echo"), open_timeout=10, close_timeout=10) as ws:
         ws.send("hello, wörld")
         assert ws.recv(timeout=10) == "hello, wörld"

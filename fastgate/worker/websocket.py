@@ -218,8 +218,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """The drain deadline passed: cancel the app and drop the connection."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        if not self._closed:
-            self.transport.abort()
+        self._abort_transport()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._maybe_unregister()
@@ -258,8 +257,14 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _on_close_timeout(self) -> None:
         self._close_timer = None
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
         if not self._closed:
             self.transport.abort()
+            # connection_lost comes on the next iteration; nothing may be written before.
+            self._closed = True
+            self._out.clear()
 
     def _cancel_timers(self) -> None:
         for timer in (self._ping_timer, self._pong_timer, self._close_timer):
