@@ -105,7 +105,7 @@ def test_scope(serve):
     server = serve(APP, "--workers", "0", "--root-path", "/api")
     with connect(ws_url(server, "/scope?x=%20y"), subprotocols=["one", "two"], open_timeout=10) as ws:
         info = ast.literal_eval(ws.recv(timeout=10))
-    assert info["path"] == "/scope" and info["raw_path"] == b"/scope"
+    assert info["path"] == "/api/scope" and info["raw_path"] == b"/api/scope"  # path includes root_path
     assert info["query_string"] == b"x=%20y"
     assert info["scheme"] == "ws" and info["http_version"] == "1.1" and info["root_path"] == "/api"
     assert info["subprotocols"] == ["one", "two"]
@@ -218,9 +218,9 @@ def test_ping_timeout_with_a_client_that_never_answers(serve):
 
 
 def test_ping_answered_keeps_the_connection(serve):
-    server = serve(APP, "--workers", "0", "--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3")
+    server = serve(APP, "--workers", "0", "--ws-ping-interval", "0.3", "--ws-ping-timeout", "3")
     client = raw_open(server)
-    for _ in range(4):  # ~0.8 s: several intervals, each ping answered
+    for _ in range(4):  # ~1.2 s: several intervals, each ping answered
         op, _, payload = client.read_frame()
         assert op == PING
         client.sock.sendall(frame(PONG, payload))

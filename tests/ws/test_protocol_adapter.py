@@ -152,13 +152,15 @@ async def test_full_queue_pauses_the_transport_and_pings_wait_for_it():
             pass
 
     client = Client()
-    transport, _ = connect(slow_app, client.request(), ws_max_queue=3, ws_ping_interval=0.05,
-                           ws_ping_timeout=0.05)
+    transport, _ = connect(slow_app, client.request(), ws_max_queue=3, ws_ping_interval=0)
     ws = transport.protocol
     await until(lambda: ws.session.is_open)
     client.read(transport)
     ws.data_received(b"".join(client.send(lambda c, i=i: c.send_text(b"%d" % i)) for i in range(5)))
     assert not transport.reading and transport.pauses == 1
+    # Keepalive starts only now, so a slow test machine cannot time it out earlier.
+    ws.ping_interval = ws.ping_timeout = 0.05
+    ws.flush()
     # Pings go out, the client cannot be heard (we are not reading): no 1011.
     await until(lambda: any(f.opcode is Opcode.PING for f in client.read(transport) if isinstance(f, Frame)))
     await asyncio.sleep(0.2)
