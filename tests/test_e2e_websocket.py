@@ -337,3 +337,19 @@ def test_sigterm_with_a_raw_client_that_ignores_the_close(serve):
     client.sock.close()
 
 
+
+
+def test_under_the_master_echo_and_sigterm_1012(serve):
+    # Forked workers (the supervisor): the master's SIGTERM reaches the worker's drain.
+    server = serve(APP, "--workers", "2")
+    with connect(ws_url(server, "/shutdown"), open_timeout=10, close_timeout=10) as ws:
+        assert ws.recv(timeout=10) == "ready"
+        with connect(ws_url(server, "/echo"), open_timeout=10) as other:
+            other.send("through a worker")
+            assert other.recv(timeout=10) == "through a worker"
+        server.signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=20)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+    assert server.wait(30) == 0
+    assert "app: cleanup done" in server.output
