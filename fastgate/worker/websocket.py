@@ -102,7 +102,8 @@ class WebSocketProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.session.receive_eof()
         self.flush()
-        # Keep the transport open only until our own close frame and EOF are written.
+        # Returning None closes the transport: write what is held back first.
+        self._write_out()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -164,7 +165,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _write_out(self) -> None:
         out = self._out
-        if out and not self._closed:
+        if out and not self._closed and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
         self._out_size = 0
