@@ -33,8 +33,9 @@ source. An edit that keeps the size within the same second as the previous compi
 one-character fix, a formatter, a test) would be served from the stale ``.pyc``. The
 watcher removes the cached bytecode of every changed ``.py`` file before reporting it.
 
-The watcher exits when the master goes away (its parent pid changes), on SIGTERM, and
-ignores SIGINT (the master coordinates Ctrl-C, as with workers).
+The watcher exits when the master goes away (its parent pid changes) or kills it; it
+ignores SIGINT, SIGTERM and SIGHUP sent to the process group (the master coordinates
+Ctrl-C and shutdown, as with workers).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import errno
 import fnmatch
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -54,6 +56,8 @@ from typing import Any
 
 from fastgate.config import ReloadSettings
 from fastgate.errors import ConfigError
+
+logger = logging.getLogger("fastgate.error")
 
 # Directory names never worth watching: VCS metadata, virtual environments, JS packages,
 # tool caches and build output. A directory passed explicitly with --reload-dir is always
@@ -289,18 +293,6 @@ def watch_options(settings: ReloadSettings, app_dir: str = ".") -> WatchOptions:
                         poll=settings.reload_poll)
 
 
-def check_config(workers: int, settings: ReloadSettings) -> None:
-    """Reject reload settings that cannot work.
-
-    Raises:
-        ConfigError: ``--reload`` with ``--workers 0`` (reload replaces worker processes,
-            which needs the master).
-    """
-    if settings.reload and workers == 0:
-        raise ConfigError("--reload: needs the master, which restarts worker processes; "
-                          "use --workers 1 (or more) with --reload, or drop --reload to run in one process")
-
-
 # --------------------------------------------------------------------------- child side
 
 
@@ -474,7 +466,11 @@ def watch_forever(opts: WatchOptions, out_fd: int) -> int:
 
 def child_main(argv: Sequence[str]) -> int:
     """Entry point of the watcher process: ``argv`` is ``[options_json, fd]``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The master coordinates Ctrl-C and shutdown; a signal sent to the whole process group
+    # (Ctrl-C, `timeout`, `kill -- -PGID`) must not make the watcher vanish under it. The
+    # watcher ends when the master stops it (SIGKILL) or exits (re-parenting).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     opts = WatchOptions.from_json(argv[0])
     fd = int(argv[1])
     try:
@@ -582,19 +578,45 @@ class Reloader:
                 continue
         return batches
 
+    def read_requests(self) -> bool:
+        """Read the watcher's reports and log them; whether a reload is requested.
+
+        The master calls this when the pipe is readable (see ``Master``'s
+        ``reload_source``); at EOF ``closed`` is set.
+        """
+        was_watching = self.watching
+        batches = self.read_batches()
+        if was_watching is None and self.watching is not None:
+            how = f"polling every {poll_delay_ms()} ms" if self.polling else "OS events"
+            logger.info("Watching %d director%s for changes to %s (%s): %s", self.watching,
+                        "y" if self.watching == 1 else "ies", ", ".join(self.options.includes), how,
+                        ", ".join(self.options.roots))
+        for batch in batches:
+            logger.info("%d change%s detected in %s: reloading", batch.count, "" if batch.count == 1 else "s",
+                        batch.describe())
+        return bool(batches)
+
     def _close_fd(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
         self.closed = True
 
-    def stop(self) -> None:
-        """Stop the watcher (SIGTERM) and close the pipe; the caller reaps the process."""
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop the watcher, close the pipe and reap the watcher (up to ``wait`` seconds).
+
+        SIGKILL: the watcher ignores the polite signals (see ``child_main``) and holds
+        nothing that needs cleaning up.
+        """
         self._close_fd()
         if self.proc is not None and self.proc.returncode is None:
             try:
-                os.kill(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(wait)  # ECHILD (the master reaped it already) counts as done
+            except subprocess.TimeoutExpired:
                 pass
 
     def reaped(self, status: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fastgate.config import ReloadSettings
+from fastgate.config import ReloadSettings, load
 from fastgate.errors import ConfigError
 from fastgate.supervisor import reload as rl
 from fastgate.supervisor.reload import ChangeBatch, Reloader, WatchFilter, WatchOptions, walk_dirs
@@ -189,9 +189,9 @@ def test_missing_reload_dir_is_a_config_error(tmp_path):
 
 def test_reload_with_workers_0_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^--reload: needs the master"):
-        rl.check_config(0, ReloadSettings(reload=True))
-    rl.check_config(0, ReloadSettings(reload=False))
-    rl.check_config(2, ReloadSettings(reload=True))
+        load({"reload": True, "workers": 0}, environ={})
+    assert load({"reload": False, "workers": 0}, environ={}).process.workers == 0
+    assert load({"reload": True, "workers": 2}, environ={}).reload.reload
 
 
 @pytest.mark.parametrize(
