@@ -8,16 +8,18 @@ instead of silently testing something else.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+from fastgate.config import Config
 from tests.server import ROOT, ServerProcess, wait_for
 
 DEPLOY = ROOT / "deploy"
@@ -222,5 +224,58 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds
+# ----------------------------------------------------------------------------- shipped files
+
+def fastgate_config(args: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
+    """Parse ``args`` with fastgate's own command line, in an environment of only ``env``.
+
+    A flag that fastgate does not know, or a value it rejects, fails here.
+    """
+    from unittest import mock
+
+    from fastgate.cli import parse_args
+
+    with mock.patch.dict(os.environ, dict(env or {}), clear=True):
+        config, _ = parse_args(list(args))
+    return config
+
+
+class Instruction(NamedTuple):
+    keyword: str  # upper-cased: FROM, RUN, CMD, ...
+    args: str
+    stage: int  # index of the FROM it belongs to
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions of a Dockerfile: continuation lines joined, comments dropped."""
+    out: list[Instruction] = []
+    stage = -1
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        keyword, _, args = current.strip().partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        out.append(Instruction(keyword, args.strip(), stage))
+        current = ""
+    return out
+
+
+def exec_form(args: str) -> list[str] | None:
+    """The JSON array of an exec-form CMD/ENTRYPOINT/HEALTHCHECK CMD, or None (shell form)."""
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return value
+    return None
