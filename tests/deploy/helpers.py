@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from tests.server import ROOT, ServerProcess, wait_for
 
 DEPLOY = ROOT / "deploy"
 NGINX_DIR = DEPLOY / "nginx"
+# Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") or ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -151,7 +154,7 @@ class Nginx:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self, *extra: str) -> list[str]:
-        return ["nginx", "-p", str(self.tmp), "-c", str(self.conf), "-e", str(self.tmp / "error.log"), *extra]
+        return [NGINX, "-p", str(self.tmp), "-c", str(self.conf), "-e", str(self.tmp / "error.log"), *extra]
 
     def check(self) -> None:
         """``nginx -t``: the configuration parses and every referenced file exists."""

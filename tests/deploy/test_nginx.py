@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.helpers import Nginx, free_port, make_cert, render_site
+from tests.deploy.helpers import NGINX, Nginx, free_port, make_cert, render_site
 from tests.server import ServerProcess, read_response
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -24,7 +23,7 @@ APP = "tests.deploy.apps:app"
 @pytest.fixture(scope="module", autouse=True)
 def _need_nginx() -> None:
     # .ci/run installs Debian's nginx; a machine without it fails here rather than skipping.
-    assert shutil.which("nginx"), "nginx is not installed: run .ci/run or apt-get install nginx"
+    assert NGINX, "nginx is not installed: run .ci/run or apt-get install nginx"
 
 
 @pytest.fixture
