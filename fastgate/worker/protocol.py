@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
-from fastgate.asgi.scope import build_http_scope
+from fastgate.asgi.scope import build_http_scope, build_websocket_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
+from fastgate.worker.websocket import WebSocketProtocol
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -201,9 +202,30 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
-        # WebSocket support lands with its own protocol; until then refuse clearly.
-        self.transport.write(self.conn.error_response(501, "WebSocket is not supported by this build"))
-        self.transport.close()
+        self._cancel_timer()
+        ctx = self.ctx
+        if ctx.draining:
+            self.transport.write(self.conn.error_response(503, "shutting down"))
+            self.transport.close()
+            return
+        head = event.head
+        scope = build_websocket_scope(
+            head,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+            root_path=ctx.root_path,
+            state=ctx.lifespan_state,
+            proxy_trusted=self.proxy_trusted,
+            trust=ctx.trust,
+        )
+        # The bytes now belong to the WebSocket protocol; this one steps aside (it is
+        # registered again as a websocket first, so the drain event never blinks).
+        ws = WebSocketProtocol(ctx, self.transport, self.flow, scope)
+        self.transport.set_protocol(ws)
+        ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
+        self._closed = True
+        ctx.unregister(self)
 
     # ------------------------------------------------------------ Channel
 
