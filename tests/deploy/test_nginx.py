@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.deploy.helpers import NGINX, Nginx, free_port, make_cert, render_site
-from tests.server import ServerProcess, read_response
+from tests.server import ServerProcess, read_response, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -180,3 +180,25 @@ def test_sigterm_with_request_in_flight_completes_through_nginx(
     assert result.get("body") == "slow done"
     assert server.wait(30) == 0
     assert 502 not in nginx.access_statuses()
+
+
+def test_websocket_echo_through_nginx(uds_stack: Callable[..., tuple[ServerProcess, Nginx]]) -> None:
+    from websockets.sync.client import connect
+
+    _, nginx = uds_stack()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.2", 0))
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", nginx.port))
+    # The Upgrade/Connection headers only reach fastgate through the shipped map and
+    # proxy_set_header lines; without them nginx answers the handshake with a plain 200.
+    with connect(f"ws://127.0.0.1:{nginx.port}/ws", sock=sock, open_timeout=20, close_timeout=10,
+                 additional_headers={"X-Forwarded-For": "6.6.6.6"}) as ws:
+        ws.send("hello through nginx")
+        assert ws.recv(timeout=20) == "hello through nginx"
+        ws.send(b"\x00\x01binary")
+        assert ws.recv(timeout=20) == b"\x00\x01binary"
+        ws.send("whoami")
+        info = json.loads(ws.recv(timeout=20))
+        assert info == {"client": ["127.0.0.2", info["client"][1]], "scheme": "ws"}
+    wait_for(lambda: 101 in nginx.access_statuses(), timeout=20, what="nginx to log the 101")
