@@ -81,7 +81,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await asyncio.sleep(float(q.get("delay", "1")))
         await _respond(send, 200, b"slow done")
     elif path == "/pid":
-        await _respond(send, 200, str(os.getpid()).encode())
+        info = {"pid": os.getpid(), "ppid": os.getppid()}
+        await _respond(send, 200, json.dumps(info).encode(), b"application/json")
     else:
         await _respond(send, 200, b"Hello, world!")
 

@@ -282,3 +282,56 @@ def exec_form(args: str) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(x, str) for x in value):
         return value
     return None
+
+
+# ----------------------------------------------------------------------------- systemd
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: a bound AF_UNIX datagram socket.
+
+    Messages are kept in arrival order, each as ``{KEY: VALUE}`` of its lines.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _receive(self, timeout: float) -> bool:
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return False
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+        return True
+
+    def wait_for(self, key: str, value: str = "1", timeout: float = 30.0, start: int = 0) -> int:
+        """Index of the first message from ``start`` on with ``key=value``; waits for it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        index = start
+        while True:
+            while index < len(self.messages):
+                if self.messages[index].get(key) == value:
+                    return index
+                index += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {key}={value} from fastgate within {timeout}s; got {self.messages}")
+            self._receive(remaining)
+
+    def states(self) -> list[str]:
+        """The state keys received so far (READY, RELOADING, STOPPING), in order."""
+        return [k for m in self.messages for k in ("READY", "RELOADING", "STOPPING") if m.get(k) == "1"]
+
+    def drain(self) -> None:
+        """Take whatever has arrived, without waiting."""
+        while self._receive(0.001):
+            pass

@@ -157,10 +157,11 @@ def test_request_body_limit_and_buffering(uds_stack: Callable[..., tuple[ServerP
         assert too_big.status_code == 413
 
 
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["single-process", "master"])
 def test_sigterm_with_request_in_flight_completes_through_nginx(
-    uds_stack: Callable[..., tuple[ServerProcess, Nginx]],
+    uds_stack: Callable[..., tuple[ServerProcess, Nginx]], workers: str,
 ) -> None:
-    server, nginx = uds_stack("--workers", "0", "--timeout-graceful-shutdown", "20")
+    server, nginx = uds_stack("--workers", workers, "--timeout-graceful-shutdown", "20")
     result: dict[str, object] = {}
 
     def slow_request() -> None:
