@@ -67,9 +67,8 @@ class HttpProtocol(asyncio.Protocol):
         if trust.enabled:
             unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
-        if ctx.draining:
-            transport.close()
-            return
+        # Accepted while draining (the accept raced the listener close): the client has
+        # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -273,7 +272,10 @@ class HttpProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful drain: close if idle, otherwise close after the current response."""
         self.conn.keep_alive = False
-        if self.cycle is None and not self._closed:
+        # Close only connections idle between requests. One that has not sent its first
+        # request yet (just accepted) gets it answered: closing it would reset a request
+        # the client already sent. The head deadline bounds how long it can take.
+        if self.cycle is None and not self._closed and self._timer_is_idle:
             self.transport.close()
 
     def abort(self) -> None:
