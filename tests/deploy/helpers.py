@@ -90,7 +90,7 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log info;
 events {{ worker_connections 512; }}
 http {{
-    log_format fastgate_test '$remote_addr "$request" $status upstream=$upstream_status';
+    log_format fastgate_test '$remote_addr "$request" $status upstream=$upstream_status c=$connection';
     access_log {tmp}/access.log fastgate_test;
     client_body_temp_path {tmp}/client_body;
     proxy_temp_path {tmp}/proxy;
@@ -204,6 +204,16 @@ class Nginx:
     def error_log(self) -> str:
         path = self.tmp / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def upstream_errors(self) -> list[str]:
+        """nginx's error-log lines about the upstream (each is a failed attempt, retried or not)."""
+        return [line for line in self.error_log().splitlines() if "[error]" in line and "upstream" in line]
+
+    def failed_requests(self) -> list[str]:
+        """Access-log lines of requests that ended with a 5xx."""
+        path = self.tmp / "access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [line for line in lines if line.split('" ', 1)[1].startswith("5")]
 
     def access_statuses(self) -> list[int]:
         """The status of every request nginx logged (a request is logged when it ends)."""
@@ -335,3 +345,59 @@ class NotifySocket:
         """Take whatever has arrived, without waiting."""
         while self._receive(0.001):
             pass
+
+
+# ----------------------------------------------------------------------------- load
+
+class Load:
+    """Keep-alive GET load from a few threads, bounded in count and time; counts statuses."""
+
+    def __init__(self, url: str, *, threads: int = 4, max_requests: int = 40_000, max_seconds: float = 120.0) -> None:
+        import collections
+
+        self.url = url
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._max_requests = max_requests
+        self._max_seconds = max_seconds
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + self._max_seconds
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    status = client.get(self.url).status_code
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.errors.append(repr(exc))
+                    continue
+                with self._lock:
+                    self.statuses[status] += 1
+                    if sum(self.statuses.values()) >= self._max_requests:
+                        self._stop.set()
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.statuses.values())
+
+    def wait_more(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` more requests have completed (the load is flowing)."""
+        target = self.total() + count
+        wait_for(lambda: self.total() >= target, timeout=timeout, what=f"{count} more requests")
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)

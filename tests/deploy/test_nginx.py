@@ -6,13 +6,14 @@ import json
 import signal
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.deploy.helpers import NGINX, Nginx, free_port, make_cert, render_site
+from tests.deploy.helpers import NGINX, Load, Nginx, free_port, make_cert, render_site
 from tests.server import ServerProcess, read_response, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -203,3 +204,26 @@ def test_websocket_echo_through_nginx(uds_stack: Callable[..., tuple[ServerProce
         info = json.loads(ws.recv(timeout=20))
         assert info == {"client": ["127.0.0.2", info["client"][1]], "scheme": "ws"}
     wait_for(lambda: 101 in nginx.access_statuses(), timeout=20, what="nginx to log the 101")
+
+
+def test_sighup_reload_under_load_behind_the_tcp_variant_has_no_5xx(
+    serve: Callable[..., ServerProcess], nginx_factory: Callable[..., Nginx],
+) -> None:
+    # The UNIX-socket variant is covered with systemd socket activation in
+    # test_systemd_activation.py; here fastgate binds TCP itself (one socket per worker slot).
+    server = serve(APP, "--host", "127.0.0.1", "--workers", "2")
+    nginx = nginx_factory("fastgate-tcp.conf", f"127.0.0.1:{server.port}")
+    reloads = 5
+    with Load(nginx.url + "/whoami") as load:
+        for n in range(reloads):
+            load.wait_more(500)
+            server.signal(signal.SIGHUP)
+            server.wait_line(rf"Reload complete: generation {n + 2} serving", timeout=90)
+        load.wait_more(500)
+    at_nginx = Counter(nginx.access_statuses())
+    print(f"\nTCP reload under load through nginx: {reloads} SIGHUPs, {load.total()} requests, "
+          f"nginx statuses {dict(at_nginx)}, client errors {len(load.errors)}, "
+          f"upstream errors nginx recovered from {len(nginx.upstream_errors()) - len(nginx.failed_requests())}")
+    assert not load.errors, load.errors[:5]
+    assert set(load.statuses) == {200}, load.statuses
+    assert not nginx.failed_requests(), (nginx.failed_requests(), nginx.upstream_errors())

@@ -19,8 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pytest
 from tests.deploy.helpers import (
     DEPLOY,
     CommandProcess,
+    Load,
     Nginx,
     NotifySocket,
     render,
@@ -139,59 +138,25 @@ def test_reload_under_load_through_nginx_has_no_5xx(activated: Callable[[], Acti
     port = _free_port()
     nginx = Nginx(short_tmp / "nginx", render_site("fastgate.conf", short_tmp / "nginx", port=port,
                                                    upstream=f"unix:{stack.sock}"), port)
-    reloads, threads_n, max_requests, max_seconds = 5, 4, 40_000, 120.0
-    statuses: collections.Counter[int] = collections.Counter()
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-    deadline = time.monotonic() + max_seconds
-
-    def load() -> None:
-        with httpx.Client(base_url=nginx.url, timeout=30) as client:
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    status = client.get("/whoami").status_code
-                except httpx.HTTPError as exc:
-                    with lock:
-                        errors.append(repr(exc))
-                    continue
-                with lock:
-                    statuses[status] += 1
-                    if sum(statuses.values()) >= max_requests:
-                        stop.set()
-
-    def total() -> int:
-        with lock:
-            return sum(statuses.values())
-
-    with nginx:
+    reloads = 5
+    with nginx, Load(nginx.url + "/whoami") as load:
         old = stack.worker_pids()
-        threads = [threading.Thread(target=load) for _ in range(threads_n)]
-        for thread in threads:
-            thread.start()
-        try:
-            start = ready + 1
-            for _ in range(reloads):
-                before = total()
-                wait_for(lambda before=before: total() >= before + 500, timeout=30, what="load flowing")
-                subprocess.run(exec_reload(stack.server.pid), check=True, timeout=10)
-                reloading = stack.notify.wait_for("RELOADING", start=start)
-                start = stack.notify.wait_for("READY", start=reloading + 1, timeout=90) + 1
-            before = total()
-            wait_for(lambda: total() >= before + 200, timeout=30, what="load flowing after the last reload")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(60)
+        start = ready + 1
+        for _ in range(reloads):
+            load.wait_more(500)
+            subprocess.run(exec_reload(stack.server.pid), check=True, timeout=10)
+            reloading = stack.notify.wait_for("RELOADING", start=start)
+            start = stack.notify.wait_for("READY", start=reloading + 1, timeout=90) + 1
+        load.wait_more(500)
         new = stack.worker_pids()
+    statuses, errors = load.statuses, load.errors
     at_nginx = collections.Counter(nginx.access_statuses())
-    # Requests nginx had to retry on another connection (an idle kept-alive connection
-    # that a draining worker closed): recovered, but worth seeing.
-    retried = nginx.error_log().count("upstream prematurely closed") + nginx.error_log().count("reset by peer")
+    # Each upstream error that did not end in a 5xx was an idle kept-alive connection a
+    # draining worker closed just as nginx reused it: nginx retried it on a new connection.
     print(f"\nreload under load through nginx: {reloads} SIGHUPs, {sum(statuses.values())} requests, "
           f"client statuses {dict(statuses)}, nginx statuses {dict(at_nginx)}, client errors {len(errors)}, "
-          f"upstream errors nginx recovered from {retried}")
+          f"upstream errors nginx recovered from {len(nginx.upstream_errors()) - len(nginx.failed_requests())}")
     assert not errors, errors[:5]
     assert set(statuses) == {200}, statuses
-    assert not [s for s in at_nginx if s >= 500], at_nginx
+    assert not nginx.failed_requests(), (nginx.failed_requests(), nginx.upstream_errors())
     assert not (new & old), "every worker was replaced"
