@@ -133,15 +133,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def rss_mib(pids: list[int]) -> float:
-    total = 0
+def rss_mib(pids: list[int], largest: bool = False) -> float:
+    """RSS summed over ``pids`` (or of the largest one: a worker's own footprint)."""
+    sizes = []
     for pid in pids:
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
+                sizes.append(int(f.read().split()[1]) * PAGE)
         except OSError:
             continue
-    return total / 2**20
+    if not sizes:
+        return 0.0
+    return (max(sizes) if largest else sum(sizes)) / 2**20
 
 
 # ------------------------------------------------------------------ running a server
@@ -397,12 +400,14 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with running(server, nworkers, scpus) as r:
                         idle = rss_mib(r.pids())
+                        idle_largest = rss_mib(r.pids(), largest=True)
                         for wl in wls:
                             try:
                                 res = measure(r, wl, args, ccpus)
                             except RuntimeError as exc:
                                 res = {"error": str(exc)[:300]}
-                            res.update(server=server.name, workload=wl.name, rep=rep, idle_rss_mib=idle)
+                            res.update(server=server.name, workload=wl.name, rep=rep, idle_rss_mib=idle,
+                                       idle_largest_mib=idle_largest)
                             results["runs"].append(res)
                             print(fmt_line(res), flush=True)
                 except RuntimeError as exc:

@@ -34,7 +34,7 @@ def test_five_sighups_under_load_fail_no_request_and_replace_every_worker(serve)
         for generation in range(2, 7):
             mark = len(server.lines)
             server.signal(signal.SIGHUP)
-            server.wait_line("Reload complete", 30, start=mark)
+            server.wait_line(f"Reload complete: generation {generation} serving", 30, start=mark)
             load.wait_requests(100)
         last = generation_ready(server, 6, 2)
         wait_for(lambda: children(server.pid) == last, 30, what="old generations gone")

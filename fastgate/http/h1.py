@@ -121,7 +121,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
-_NO_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+_NO_BODY_STATUS = frozenset((204, 304))  # RFC 9110 §6.4.1 (1xx never reach start_response)
 
 
 class _Reject(Exception):
@@ -462,7 +462,7 @@ class H1Connection:
         """Serialise the response head, choosing the body framing.
 
         Args:
-            status: the status code (100-599, but not 101: upgrades are not ours here).
+            status: the final status code (200-599).
             headers: ``(name, value)`` byte pairs from the app.
             body: the whole body when it is already known (the app sent its only body
                 chunk together with the start); it is framed with Content-Length and
@@ -477,8 +477,10 @@ class H1Connection:
         if self.response_state is not ResponseState.WAITING:
             raise LocalProtocolError("response already started")
         status_line = STATUS_LINES.get(status) if status.__class__ is int else None
-        if status_line is None or status == 101:
-            raise LocalProtocolError(f"invalid status code {status!r}")
+        if status_line is None or status < 200:
+            # 1xx are interim responses (100 Continue is ours to send; 101 is an upgrade):
+            # never the final response the caller is starting here.
+            raise LocalProtocolError(f"invalid status code {status!r} for a final response")
         no_body = status in _NO_BODY_STATUS or self._method == "HEAD"
         content_length: int | None = None
         has_server = has_date = False

@@ -102,7 +102,9 @@ class Master:
             the reload goes on with the current configuration.
         reload_source: a readable fd (or object with ``fileno()``); each readable batch of
             bytes requests a reload, as SIGHUP does. EOF unregisters it. The master closes
-            it in every worker it forks.
+            it in every worker it forks. An object with ``read_requests()`` (the dev
+            reloader) reads and logs its own messages instead: it returns whether a reload
+            is requested and sets ``closed`` at EOF.
         spawner: how workers are started (tests pass a fake).
         clock: monotonic time source.
     """
@@ -119,9 +121,10 @@ class Master:
         self.config = config
         self.reread = reread
         self.reload_fd: int | None = None
+        self.reload_source = reload_source
         if reload_source is not None:
             self.reload_fd = reload_source if isinstance(reload_source, int) else reload_source.fileno()
-        self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main)
+        self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main, block=HANDLED_SIGNALS)
         self.clock = clock
         self.policy = Supervisor(policy_settings(config))
         self.listeners: list[Listener] = []
@@ -148,10 +151,11 @@ class Master:
             print(f"fastgate: error: {exc}", file=sys.stderr)
             return EXIT_BOOT_FAILED
         try:
+            # Handlers first: a script that sees "Listening" may signal us at once.
+            self._setup_signals()
+            self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
             for listener in self.listeners:
                 logger.info("Listening on %s (pid %d)", listener.display, self.pid)
-            self._write_pid_file()
-            self._setup_signals()
             self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
                 os.set_blocking(self.reload_fd, False)
@@ -168,11 +172,11 @@ class Master:
     def _step(self) -> None:
         deadline = self.policy.next_deadline()
         timeout = MAX_SLEEP if deadline is None else min(MAX_SLEEP, max(0.0, deadline - self.clock()))
-        signals: dict[int, None] = {}
+        signals: list[int] = []
         reload_requested = False
         for key, _ in self.selector.select(timeout):
             if key.data == _WAKEUP:
-                signals.update(dict.fromkeys(self._drain_wakeup()))
+                signals.extend(self._drain_wakeup())
             elif key.data == _RELOAD:
                 reload_requested |= self._read_reload_source()
             else:
@@ -186,8 +190,15 @@ class Master:
             self._close_pipe(wid)
             self._feed(ChildExited(wid, code))
         if reload_requested:
-            signals.setdefault(signal.SIGHUP, None)
+            signals.append(signal.SIGHUP)
+        # In arrival order. Repeated SIGCHLD/SIGHUP mean the same as one; repeated
+        # SIGTTIN/SIGTTOU/SIGINT each count.
+        seen: set[int] = set()
         for sig in signals:
+            if sig in (signal.SIGCHLD, signal.SIGHUP):
+                if sig in seen:
+                    continue
+                seen.add(sig)
             self._on_signal(sig)
         self._feed(Tick())
 
@@ -273,10 +284,17 @@ class Master:
 
     def _read_reload_source(self) -> bool:
         assert self.reload_fd is not None
-        try:
-            data = os.read(self.reload_fd, 4096)
-        except BlockingIOError:
-            return False
+        read_requests = getattr(self.reload_source, "read_requests", None)
+        if read_requests is not None:
+            requested = bool(read_requests())
+            if not getattr(self.reload_source, "closed", False):
+                return requested
+            data = b""
+        else:
+            try:
+                data = os.read(self.reload_fd, 4096)
+            except BlockingIOError:
+                return False
         if not data:
             logger.warning("The reload watcher went away; file changes no longer reload")
             self.selector.unregister(self.reload_fd)

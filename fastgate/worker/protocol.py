@@ -11,7 +11,6 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
@@ -54,15 +53,17 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
         self._on_timeout: Any = None
-        self._pending: Callable[[], None] | None = None  # answers the current request once its events are in
+        self._pending: Callable[[], None] | None = None  # starts the app once the request's events are in
         self._in_events = False
         self._closed = False
+        self._eof = False  # the client half-closed: answer what it sent, then close
+        self._probe = 0  # status of a probe answer, sent once its request is fully read
 
     # ------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
         peer = transport.get_extra_info("peername")
@@ -101,8 +102,13 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.conn.receive_eof()
         if self.cycle is not None:
-            # Half-closed after sending a request: answer it, then close.
-            self.conn.keep_alive = False
+            # The client is gone, or half-closed after sending its request(s): tell the
+            # app (http.disconnect from receive), but keep the transport open so the
+            # response, and those to requests already parsed, can still go out; close in
+            # response_complete. A client that really left fails the write and we get
+            # connection_lost.
+            self._eof = True
+            self.cycle.peer_closed()
             return True
         return None
 
@@ -133,6 +139,8 @@ class HttpProtocol(asyncio.Protocol):
             self._event_loop()
         finally:
             self._in_events = False
+        if self._eof and self.cycle is None and not self._closed and not self.transport.is_closing():
+            self.transport.close()  # everything the client sent is answered; nothing more can arrive
 
     def _event_loop(self) -> None:
         conn = self.conn
@@ -145,13 +153,21 @@ class HttpProtocol(asyncio.Protocol):
             elif event is END_OF_REQUEST:
                 if self.cycle is not None:
                     self.cycle.feed_end()
+                elif self._probe:
+                    # A request the server answers itself, now fully read: the answer goes
+                    # out and the connection stays reusable.
+                    status, self._probe = self._probe, 0
+                    self._send_simple(status, b"OK\n" if status == 200 else b"Unavailable\n")
+                    self.response_complete()
+                    if self._closed or self.transport.is_closing() or self.cycle is not None:
+                        return
             elif cls is RequestHead:
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
                     return
             elif event is NEED_DATA or event is PAUSED:
-                # The request is answered once the events at hand are consumed, so that a
-                # response completing at once finds its request complete (END_OF_REQUEST
+                # The app starts once the events at hand are consumed, so that a response
+                # completing at once (eager task) finds its request complete (END_OF_REQUEST
                 # seen) and the connection reusable.
                 start = self._pending
                 if start is not None:
@@ -179,10 +195,13 @@ class HttpProtocol(asyncio.Protocol):
             self.conn.keep_alive = False
         raw_path = head.raw_path
         if raw_path == ctx.health_path or raw_path == ctx.ready_path:
-            self._pending = partial(self._answer_probe, head)
+            self._answer_probe(head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
-            self._pending = partial(self._send_simple, 503, b"Service Unavailable\n")
+            # Shed the connection, at once (no linger: it would hold the slot longer).
+            self.conn.keep_alive = False
+            self._send_simple(503, b"Service Unavailable\n")
+            self.transport.close()
             return
         scope = build_http_scope(
             head,
@@ -195,7 +214,7 @@ class HttpProtocol(asyncio.Protocol):
             trust=ctx.trust,
         )
         access = self._log_access if ctx.access_formatter is not None else None
-        self.cycle = RequestCycle(
+        cycle = RequestCycle(
             scope,
             self.conn,
             self,
@@ -203,6 +222,9 @@ class HttpProtocol(asyncio.Protocol):
             access_log=access,
             start_time=time.perf_counter() if access is not None else 0.0,
         )
+        if self._eof:
+            cycle.peer_closed()
+        self.cycle = cycle
         self._pending = self._start_app
 
     def _start_app(self) -> None:
@@ -223,17 +245,12 @@ class HttpProtocol(asyncio.Protocol):
             ok = True
         else:
             ok = ctx.ready and not ctx.draining
-        if ok:
-            self._send_simple(200, b"OK\n")
-        else:
-            self._send_simple(503, b"Unavailable\n")
+        self._probe = 200 if ok else 503  # answered at END_OF_REQUEST
 
     def _send_simple(self, status: int, body: bytes) -> None:
-        """Answer without the app (probes, overload), then continue as after any response."""
-        conn = self.conn
-        data = conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+        """Answer without the app (probes, overload)."""
+        data = self.conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
         self.transport.write(data)
-        self.response_complete()
 
     def _on_bad_request(self, event: BadRequest) -> None:
         ctx = self.ctx
@@ -246,7 +263,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.disconnect()
         self.transport.write(self.conn.error_response(event.status, event.reason))
-        self.transport.close()
+        self._close_after_response()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
         self._cancel_timer()
@@ -307,18 +324,42 @@ class HttpProtocol(asyncio.Protocol):
         if ctx.draining:
             self.conn.keep_alive = False
         if not self.conn.start_next_request():
-            self.transport.close()
+            if self.conn.request_state is RequestState.DONE:
+                self.transport.close()  # the client sent all it meant to: a plain close
+            else:
+                self._close_after_response()  # it may still be sending a body we never read
             return
         self.flow.resume_reading()
         if self._in_events:
             # Answered synchronously from inside _process_events, whose loop goes on with
-            # the next request; until one arrives the connection is idle.
-            self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+            # the next request (and closes after the last one on EOF); until one arrives
+            # the connection is idle.
+            if not self._eof:
+                self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
             return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+
+    def _close_after_response(self) -> None:
+        """Close while the client may still be sending (an unread body, a rejected head).
+
+        Closing a socket with unread input makes the kernel send RST, and a client still
+        uploading would then often lose the response we just wrote (RFC 9112 §9.6). So:
+        shut down our side after the response (FIN), discard what keeps coming until the
+        client closes, for at most LINGER_SECONDS.
+        """
+        transport = self.transport
+        if self._closed or transport.is_closing():
+            return
+        if not transport.can_write_eof():  # e.g. TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        self.flow.resume_reading()
+        self._cancel_timer()
+        transport.set_protocol(_Lingering(self, transport))
 
     # ------------------------------------------------------------ drain and timers
 
@@ -398,3 +439,26 @@ class HttpProtocol(asyncio.Protocol):
         else:
             access_logger.info("%s", fmt.line(atoms))
 
+
+
+LINGER_SECONDS = 2.0
+
+
+class _Lingering(asyncio.Protocol):
+    """The last moments of a connection closed by us mid-request: input is discarded
+    until the peer closes or LINGER_SECONDS pass; ``connection_lost`` goes to the owner."""
+
+    def __init__(self, owner: HttpProtocol, transport: Any) -> None:
+        self.owner = owner
+        self.transport = transport
+        self.timer = owner.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done too: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.owner.connection_lost(exc)

@@ -32,6 +32,8 @@ ws_logger = logging.getLogger("fastgate.ws")
 
 # Seconds the peer has to close TCP after the closing handshake (websockets' default).
 CLOSE_TIMEOUT = 10.0
+# Bytes of outgoing frames held back to coalesce writes within one loop iteration.
+COALESCE_LIMIT = 64 * 1024
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -66,6 +68,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._handshake_paused = False
         self._queue_paused = False
         self._closed = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._out_scheduled = False
 
     def start(self, method: str, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]],
               remainder: bytes) -> None:
@@ -97,11 +102,13 @@ class WebSocketProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.session.receive_eof()
         self.flush()
-        # Keep the transport open only until our own close frame and EOF are written.
+        # Returning None closes the transport: write what is held back first.
+        self._write_out()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._out.clear()
         self._cancel_timers()
         self.flow.connection_lost()
         self.session.connection_lost()
@@ -119,15 +126,28 @@ class WebSocketProtocol(asyncio.Protocol):
     def flush(self) -> None:
         """Write what the session has to send, then hand its events to the app."""
         session = self.session
-        transport = self.transport
         if not self._closed:
+            out = self._out
             for data in session.data_to_send():
                 if data:
-                    transport.write(data)
-                elif transport.can_write_eof():
-                    transport.write_eof()
+                    out.append(data)
+                    self._out_size += len(data)
                 else:
-                    transport.close()
+                    self._write_out()
+                    transport = self.transport
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                    else:
+                        transport.close()
+            if out:
+                if self._out_size >= COALESCE_LIMIT:
+                    self._write_out()
+                elif not self._out_scheduled:
+                    # Messages sent during one loop iteration leave in one write (one
+                    # syscall instead of one per message); the size bound above keeps
+                    # a producer that never yields from piling up bytes here.
+                    self._out_scheduled = True
+                    self.loop.call_soon(self._scheduled_write)
             if session.close_expected() and self._close_timer is None:
                 self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self._on_close_timeout)
         else:
@@ -138,6 +158,17 @@ class WebSocketProtocol(asyncio.Protocol):
             self._update_reading()
         if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not self._closed:
             self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
+
+    def _scheduled_write(self) -> None:
+        self._out_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        out = self._out
+        if out and not self._closed and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        self._out_size = 0
 
     def _dispatch(self) -> None:
         events = self.session.events_received()
@@ -176,14 +207,19 @@ class WebSocketProtocol(asyncio.Protocol):
             session.close(1012, "server restart", by_app=False)
         elif session.handshake_pending:
             session.fail(1012, "server restart")
+        elif self.session.protocol.eof_sent:
+            # Our side is finished (close frame and EOF sent): waiting for the peer to
+            # close TCP is pointless when the process is going away.
+            self._write_out()
+            self.transport.close()
+            return
         self.flush()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        if not self._closed:
-            self.transport.abort()
+        self._abort_transport()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._maybe_unregister()
@@ -222,8 +258,14 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _on_close_timeout(self) -> None:
         self._close_timer = None
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
         if not self._closed:
             self.transport.abort()
+            # connection_lost comes on the next iteration; nothing may be written before.
+            self._closed = True
+            self._out.clear()
 
     def _cancel_timers(self) -> None:
         for timer in (self._ping_timer, self._pong_timer, self._close_timer):

@@ -60,9 +60,11 @@ def deflate_factory() -> ServerPerMessageDeflateFactory:
 
     The server compresses each message with a fresh 4 KiB-window compressor that is freed
     once the message is sent (``server_no_context_takeover``), so an idle connection holds
-    no compressor (zlib's deflate state is the big one: ~45 KiB at these settings, ~256 KiB
-    at zlib's defaults). The client keeps its context (better ratio on chatty clients), so
-    the server keeps a 4 KiB-window inflater (~10 KiB). See benchmarks/ws_memory.py.
+    no compressor, the expensive zlib object. The client keeps its context (small chatty
+    messages compress to ~0.42 of their size with it, ~0.72 without), so the server keeps a
+    4 KiB-window inflater. Measured idle cost per connection (benchmarks/ws_memory.py,
+    benchmarks/WS_RESULTS.md): 14 KiB without compression, 26 KiB with these settings,
+    58 KiB with websockets' defaults, 117 KiB with zlib's.
     """
     return ServerPerMessageDeflateFactory(
         server_no_context_takeover=True,
@@ -104,7 +106,6 @@ class WebSocketSession:
         "subprotocols",
         "_response",
         "_pending",
-        "_pending_eof",
         "_fragments",
         "_fragments_text",
         "_events",
@@ -112,6 +113,7 @@ class WebSocketSession:
         "_app_closed",
         "_ping_payload",
         "_reject_disconnect",
+        "_early",
     )
 
     def __init__(
@@ -132,7 +134,6 @@ class WebSocketSession:
         self.subprotocols: list[str] = []
         self._response: Response | None = None
         self._pending = bytearray()
-        self._pending_eof = False
         self._fragments: list[bytes] = []
         self._fragments_text = False
         self._events: list[Message] = []
@@ -140,6 +141,7 @@ class WebSocketSession:
         self._app_closed = False
         self._ping_payload: bytes | None = None
         self._reject_disconnect: tuple[int, str] | None = None
+        self._early: list[bytes] = []
 
     # ------------------------------------------------------------------ handshake
 
@@ -163,9 +165,16 @@ class WebSocketSession:
         events = protocol.events_received()
         request = events[0] if events else None
         if not isinstance(request, Request):
-            # websockets' own parser refused what httptools accepted (its limits are 128
-            # header lines of 8192 bytes): answer 431 rather than dropping the connection.
-            self._send_error(protocol.reject(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request head too large.\n"))
+            # websockets' own parser refused what httptools accepted. Over its limits (128
+            # header lines of 8192 bytes) it answered 414/431 itself; otherwise it only
+            # closed, and the client deserves a status: 400.
+            self.state = SessionState.CLOSED
+            self._disconnected = True
+            out = protocol.data_to_send()
+            if not any(out):
+                response = protocol.reject(HTTPStatus.BAD_REQUEST, "Invalid WebSocket handshake request.\n")
+                out = [response.serialize(), *out]
+            self._early = out
             return False
         response = protocol.accept(request)
         if response.status_code != 101:
@@ -210,8 +219,6 @@ class WebSocketSession:
         if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
             self._receive(pending)
-        if self._pending_eof:
-            self.receive_eof()
 
     def reject(self, status: int, headers: Iterable[tuple[bytes, bytes]] = (), body: bytes = b"") -> None:
         """Answer the upgrade request with a plain HTTP response (denial), then close.
@@ -275,7 +282,6 @@ class WebSocketSession:
     def receive_eof(self) -> None:
         """The peer half-closed (or closed)."""
         if self.state is SessionState.HANDSHAKE:
-            self._pending_eof = True
             self._disconnect(1006, "")
             return
         self.protocol.receive_eof()
@@ -444,6 +450,9 @@ class WebSocketSession:
 
     def data_to_send(self) -> list[bytes]:
         """Bytes to write, in order; ``b""`` means half-close (write EOF)."""
+        if self._early:
+            early, self._early = self._early, []
+            return early + self.protocol.data_to_send()
         return self.protocol.data_to_send()
 
     def close_expected(self) -> bool:

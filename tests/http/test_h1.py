@@ -387,7 +387,7 @@ def test_head_response_has_no_body() -> None:
     assert conn.response_state is ResponseState.DONE
 
 
-@pytest.mark.parametrize("status", [204, 304, 100, 199])
+@pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses(status: int) -> None:
     out, conn = response(GET, status, [], b"ignored")
     assert out == STATUS_LINES[status] + b"\r\n"
@@ -431,7 +431,7 @@ def test_header_injection_is_refused(header: tuple[bytes, bytes]) -> None:
     assert conn.response_state is ResponseState.WAITING  # nothing written: a 500 can still go out
 
 
-@pytest.mark.parametrize("status", [99, 600, 101, "200", 200.0])
+@pytest.mark.parametrize("status", [99, 600, 100, 101, 103, 199, "200", 200.0])
 def test_invalid_status(status: Any) -> None:
     with pytest.raises(LocalProtocolError):
         ready().start_response(status, [])

@@ -43,6 +43,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         return
     assert scope["type"] == "websocket"
     path = scope["path"]
+    root = scope["root_path"]
+    if root and path.startswith(root):
+        path = path[len(root):]  # the path includes root_path (ASGI spec clarification)
     q = _query(scope)
     message = await receive()
     assert message == {"type": "websocket.connect"}, message

@@ -237,9 +237,9 @@ def test_fragmented_message_with_interleaved_pings():
     pair = Pair()
     pair.open()
     client = pair.client
-    client.send_text("hel".encode(), fin=False)
+    client.send_text(b"hel", fin=False)
     client.send_ping(b"a")
-    client.send_continuation("lo ".encode(), fin=False)
+    client.send_continuation(b"lo ", fin=False)
     client.send_ping(b"b")
     client.send_continuation("wörld".encode(), fin=True)
     client.send_binary(b"\x01", fin=False)
@@ -322,7 +322,9 @@ def test_client_close_with_code_and_reason():
     pair.open()
     pair.client.send_close(4001, "client leaving")
     pair.to_server()
-    assert pair.session.events_received() == [{"type": "websocket.disconnect", "code": 4001, "reason": "client leaving"}]
+    assert pair.session.events_received() == [
+        {"type": "websocket.disconnect", "code": 4001, "reason": "client leaving"}
+    ]
     pair.to_client()  # the echo, then EOF
     assert pair.client.close_rcvd == Close(4001, "client leaving")
     assert pair.eof_to_client and pair.session.close_expected()
@@ -367,7 +369,9 @@ def test_shutdown_close_tells_the_app_at_once():
     pair = Pair()
     pair.open()
     pair.session.close(1012, "server restart", by_app=False)
-    assert pair.session.events_received() == [{"type": "websocket.disconnect", "code": 1012, "reason": "server restart"}]
+    assert pair.session.events_received() == [
+        {"type": "websocket.disconnect", "code": 1012, "reason": "server restart"}
+    ]
     pair.to_client()
     assert pair.client.close_rcvd is not None and pair.client.close_rcvd.code == 1012
 
@@ -453,3 +457,50 @@ def test_no_deflate_when_disabled():
     pair = Pair(client_deflate=True, server_deflate=False)
     response = pair.open()
     assert "Sec-WebSocket-Extensions" not in response.headers
+
+
+# --------------------------------------------------------------------- edge cases
+
+
+def _raw_request(pair: Pair) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]:
+    pair.client.send_request(pair.request)
+    return parse_head(b"".join(pair.client.data_to_send()))
+
+
+def test_header_line_over_websockets_limit_is_431():
+    pair = Pair()
+    method, target, version, headers = _raw_request(pair)
+    assert pair.session.receive_request(method, target, version, [*headers, (b"x-big", b"v" * 9000)]) is False
+    out = pair.session.data_to_send()
+    assert out[0].startswith(b"HTTP/1.1 431 ") and out[-1] == b""
+    assert sum(1 for data in out if data.startswith(b"HTTP/")) == 1
+
+
+def test_request_websockets_cannot_parse_is_400():
+    pair = Pair()
+    method, _, version, headers = _raw_request(pair)
+    assert pair.session.receive_request(method, b"/a b", version, headers) is False
+    out = pair.session.data_to_send()
+    assert out[0].startswith(b"HTTP/1.1 400 ") and out[-1] == b""
+    assert pair.session.data_to_send() == []
+
+
+def test_http_10_upgrade_is_refused():
+    pair = Pair()
+    method, target, _, headers = _raw_request(pair)
+    assert pair.session.receive_request(method, target, "1.0", headers) is False
+    assert pair.session.data_to_send()[0].startswith(b"HTTP/1.1 505 ")
+
+
+def test_subprotocol_must_be_a_string():
+    pair = Pair(subprotocols=["chat"])
+    assert pair.handshake_ok()
+    with pytest.raises(LocalProtocolError):
+        pair.session.accept(b"chat")  # type: ignore[arg-type]
+
+
+def test_reject_with_an_unregistered_status():
+    pair = Pair()
+    assert pair.handshake_ok()
+    pair.session.reject(499, body=b"client closed request")
+    assert pair.session.data_to_send()[0].startswith(b"HTTP/1.1 499 \r\n")
