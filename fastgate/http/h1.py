@@ -119,6 +119,13 @@ def _status_line(code: int) -> bytes:
 STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# Validated "name: value\r\n" lines of ordinary response headers (not framing, Server or
+# Date, which start_response must see), keyed by the app's (name, value) tuple. Bounded:
+# once full, new pairs are validated each time (a per-request value, like an ETag, would
+# otherwise push out the ones that repeat).
+_HEADER_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_HEADER_CACHE_SIZE = 512
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
 _NO_BODY_STATUS = frozenset((204, 304))  # RFC 9110 §6.4.1 (1xx never reach start_response)
@@ -486,7 +493,18 @@ class H1Connection:
         has_server = has_date = False
         parts = [status_line]
         append = parts.append
-        for name, value in headers:
+        cache = _HEADER_LINES
+        for pair in headers:
+            # Most response headers repeat from one response to the next (content-type,
+            # cache-control, ...): their validated wire form is looked up, not rebuilt.
+            try:
+                line = cache.get(pair)
+            except TypeError:  # an unhashable pair (a list): validate it every time
+                line = None
+            if line is not None:
+                append(line)
+                continue
+            name, value = pair
             lname = name.lower()
             if not _TOKEN(name) or _BAD_VALUE(value):
                 raise LocalProtocolError(f"invalid response header {name!r}: {value!r}")
@@ -508,6 +526,12 @@ class H1Connection:
                 has_server = True
             elif lname == b"date":
                 has_date = True
+            else:
+                line = name + b": " + value + b"\r\n"
+                if pair.__class__ is tuple and len(cache) < _HEADER_CACHE_SIZE:
+                    cache[pair] = line
+                append(line)
+                continue
             append(name + b": " + value + b"\r\n")
         defaults = self.defaults
         if not has_date and defaults.date:
