@@ -548,10 +548,17 @@ class H1Connection:
             self._framing = 0
             self._remaining = content_length
         elif body is not None:
-            content_length = len(body)
-            append(b"content-length: %d\r\n" % content_length)
+            # The common single-shot response: the length is ours, so the body needs none
+            # of send_body's checks and goes straight after the head.
+            append(b"content-length: %d\r\n" % len(body))
             self._framing = 0
-            self._remaining = content_length
+            self._remaining = 0
+            self._no_body = False
+            append(b"connection: close\r\n\r\n" if not self.keep_alive
+                   else b"connection: keep-alive\r\n\r\n" if self._http_version == "1.0" else b"\r\n")
+            append(body)
+            self.response_state = ResponseState.DONE
+            return b"".join(parts)
         elif self._http_version == "1.1":
             append(b"transfer-encoding: chunked\r\n")
             self._framing = 1
