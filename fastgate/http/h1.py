@@ -395,7 +395,7 @@ class H1Connection:
             version,
             self._headers,
             parser.should_keep_alive(),
-            self._expect_continue,
+            self._expect_continue and version == "1.1",  # never 100 to HTTP/1.0 (RFC 9110 §10.1.1)
             upgrade,
         )
         if upgrade is not None:

@@ -500,3 +500,10 @@ def test_a_bug_in_a_callback_becomes_a_400(monkeypatch: pytest.MonkeyPatch) -> N
     conn.receive_data(GET)
     event = conn.next_event()
     assert isinstance(event, BadRequest) and event.status == 400 and "bug" in event.reason
+
+
+def test_no_100_continue_for_http10() -> None:
+    conn = H1Connection()
+    conn.receive_data(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx")
+    head = conn.next_event()
+    assert isinstance(head, RequestHead) and not head.expect_continue
