@@ -482,6 +482,10 @@ class H1Connection:
             # never the final response the caller is starting here.
             raise LocalProtocolError(f"invalid status code {status!r} for a final response")
         no_body = status in _NO_BODY_STATUS or self._method == "HEAD"
+        if body is not None and self.request_state is not RequestState.DONE:
+            # The whole response goes out before the request body was read: the connection
+            # cannot be reused (start_next_request), so say so.
+            self.keep_alive = False
         content_length: int | None = None
         has_server = has_date = False
         parts = [status_line]

@@ -10,7 +10,7 @@ import pytest
 
 from fastgate.asgi.http_cycle import HIGH_WATER, ASGIHTTPState, RequestCycle
 from fastgate.errors import ASGIProtocolError, ClientDisconnected
-from fastgate.http.events import END_OF_REQUEST, RequestHead
+from fastgate.http.events import END_OF_REQUEST, NEED_DATA, RequestHead
 from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
 
 
@@ -58,6 +58,8 @@ def make(request: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", **kw: Any) -> tu
     conn.receive_data(request)
     head = conn.next_event()
     assert isinstance(head, RequestHead)
+    while conn.next_event() is not NEED_DATA:  # consume what arrived, as the adapter does
+        pass
     channel = FakeChannel()
     scope = {"type": "http", "method": head.method, "path": "/"}
     cycle = RequestCycle(scope, conn, channel, expect_continue=head.expect_continue, **kw)
