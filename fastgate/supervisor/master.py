@@ -66,7 +66,7 @@ from fastgate.supervisor.policy import (
     WorkerReady,
 )
 from fastgate.supervisor.sockets import Listener, bind_all
-from fastgate.supervisor.spawner import ForkSpawner, Spawner
+from fastgate.supervisor.spawner import ForkSpawner, Spawner, become_worker
 
 logger = logging.getLogger("fastgate.error")
 
@@ -258,6 +258,7 @@ class Master:
             handle = self.spawner.spawn(action.slot, action.generation)
         except OSError as exc:
             return self.policy.handle(SpawnFailed(action.wid, str(exc)), self.clock())
+        os.set_blocking(handle.fd, False)  # the loop must never block on one worker
         self.pid_to_wid[handle.pid] = action.wid
         self.wid_to_fd[action.wid] = handle.fd
         self.selector.register(handle.fd, selectors.EVENT_READ, action.wid)
@@ -383,9 +384,7 @@ class Master:
                 if id(sock) not in keep:
                     sock.close()
         assert self._life_r is not None
-        from fastgate.worker.server import run_worker
-
-        return run_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid)
+        return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid)
 
 
 def _noop(signum: int, frame: object) -> None:
