@@ -65,6 +65,7 @@ class RequestCycle:
         "_body_size",
         "_more_body",
         "_disconnected",
+        "_peer_closed",
         "_waiter",
         "_reading_paused",
     )
@@ -93,6 +94,7 @@ class RequestCycle:
         self._body_size = 0
         self._more_body = True
         self._disconnected = False
+        self._peer_closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
 
@@ -115,6 +117,12 @@ class RequestCycle:
     def disconnect(self) -> None:
         """The connection is gone: wake ``receive`` with ``http.disconnect``."""
         self._disconnected = True
+        self._wake()
+
+    def peer_closed(self) -> None:
+        """The peer sent EOF: ``receive`` answers ``http.disconnect`` once the buffered body
+        is consumed, but ``send`` still works (the peer may only have half-closed)."""
+        self._peer_closed = True
         self._wake()
 
     def _wake(self) -> None:
@@ -146,7 +154,7 @@ class RequestCycle:
                 if not more:
                     self._body_size = -1  # the final http.request went out; next: disconnect
                 return {"type": "http.request", "body": body, "more_body": more}
-            if self._disconnected or self.state is ASGIHTTPState.DONE:
+            if self._disconnected or self._peer_closed or self.state is ASGIHTTPState.DONE:
                 return {"type": "http.disconnect"}
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
@@ -232,7 +240,8 @@ class RequestCycle:
                     logger.error("ASGI app returned without sending a response (%s)", self._where())
                 self._error_response(500, "")
             else:
-                logger.error("ASGI app returned before the response body was complete (%s)", self._where())
+                if not self._disconnected and not self._peer_closed:
+                    logger.error("ASGI app returned before the response body was complete (%s)", self._where())
                 self._abort()
 
     def _on_app_error(self, exc: BaseException) -> None:

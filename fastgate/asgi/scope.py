@@ -161,7 +161,11 @@ def apply_forwarded(scope: dict[str, Any], fwd: Forwarded, websocket: bool) -> N
     if fwd.port is not None and scope.get("server"):
         scope["server"] = (scope["server"][0], fwd.port)
     if fwd.prefix:
+        # The proxy mounted us below this prefix and stripped it: like root_path, it is
+        # part of the public path.
         scope["root_path"] = fwd.prefix + scope["root_path"]
+        scope["path"] = fwd.prefix + scope["path"]
+        scope["raw_path"] = fwd.prefix.encode("latin-1") + scope["raw_path"]
 
 
 def build_http_scope(
@@ -185,8 +189,10 @@ def build_http_scope(
         "scheme": scheme,
         "method": head.method,
         "root_path": root_path,
-        "path": decode_path(head.raw_path),
-        "raw_path": head.raw_path,
+        # The path includes root_path, as uvicorn and the clarified spec have it (asgiref
+        # #229): the proxy stripped the prefix, the app sees the full public path.
+        "path": root_path + decode_path(head.raw_path) if root_path else decode_path(head.raw_path),
+        "raw_path": root_path.encode("utf-8") + head.raw_path if root_path else head.raw_path,
         "query_string": head.query_string,
         "headers": head.headers,
         "state": state.copy(),
@@ -223,8 +229,8 @@ def build_websocket_scope(
         "client": client,
         "scheme": "wss" if scheme == "https" else "ws",
         "root_path": root_path,
-        "path": decode_path(head.raw_path),
-        "raw_path": head.raw_path,
+        "path": root_path + decode_path(head.raw_path) if root_path else decode_path(head.raw_path),
+        "raw_path": root_path.encode("utf-8") + head.raw_path if root_path else head.raw_path,
         "query_string": head.query_string,
         "headers": head.headers,
         "subprotocols": subprotocols,

@@ -15,6 +15,7 @@ from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_
 
 if TYPE_CHECKING:
     from fastgate.worker.protocol import HttpProtocol
+    from fastgate.worker.websocket import WebSocketProtocol
 
 
 class WorkerContext:
@@ -52,7 +53,7 @@ class WorkerContext:
         self.ready_path = http.ready_path.encode() if http.ready_path else None
 
         self.connections: set[HttpProtocol] = set()
-        self.websockets: set[Any] = set()
+        self.websockets: set[WebSocketProtocol] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self.ready = False
@@ -73,6 +74,15 @@ class WorkerContext:
 
     def unregister(self, protocol: HttpProtocol) -> None:
         self.connections.discard(protocol)
+        if not self.connections and not self.websockets:
+            self.all_closed.set()
+
+    def register_websocket(self, protocol: WebSocketProtocol) -> None:
+        self.websockets.add(protocol)
+        self.all_closed.clear()
+
+    def unregister_websocket(self, protocol: WebSocketProtocol) -> None:
+        self.websockets.discard(protocol)
         if not self.connections and not self.websockets:
             self.all_closed.set()
 

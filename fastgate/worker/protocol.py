@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
-from fastgate.asgi.scope import build_http_scope
+from fastgate.asgi.scope import build_http_scope, build_websocket_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
+from fastgate.worker.websocket import WebSocketProtocol
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -45,12 +46,14 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_is_idle = False  # idle keep-alive timer (reset by new bytes) vs head deadline (never reset)
         self._closed = False
+        self._eof = False  # the client half-closed: answer what it sent, then close
+        self._answered = False  # the server answered the current request itself (probe)
 
     # ------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
         sock = transport.get_extra_info("socket")
@@ -85,8 +88,13 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.conn.receive_eof()
         if self.cycle is not None:
-            # Half-closed after sending a request: answer it, then close.
-            self.conn.keep_alive = False
+            # The client is gone, or half-closed after sending its request(s): tell the
+            # app (http.disconnect from receive), but keep the transport open so the
+            # response, and those to requests already parsed, can still go out; close in
+            # response_complete. A client that really left fails the write and we get
+            # connection_lost.
+            self._eof = True
+            self.cycle.peer_closed()
             return True
         return None
 
@@ -117,6 +125,12 @@ class HttpProtocol(asyncio.Protocol):
             elif event is END_OF_REQUEST:
                 if self.cycle is not None:
                     self.cycle.feed_end()
+                elif self._answered:
+                    # A request the server answered itself is now fully read: reuse.
+                    self._answered = False
+                    self.response_complete()
+                    if self._closed or self.transport.is_closing() or self.cycle is not None:
+                        return
             elif cls is RequestHead:
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
@@ -145,7 +159,9 @@ class HttpProtocol(asyncio.Protocol):
             self._answer_probe(head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
+            self.conn.keep_alive = False  # shed this connection, not just this request
             self._send_simple(503, b"Service Unavailable\n")
+            self.response_complete()
             return
         scope = build_http_scope(
             head,
@@ -158,7 +174,7 @@ class HttpProtocol(asyncio.Protocol):
             trust=ctx.trust,
         )
         access = self._log_access if ctx.access_formatter is not None else None
-        cycle = self.cycle = RequestCycle(
+        cycle = RequestCycle(
             scope,
             self.conn,
             self,
@@ -166,6 +182,9 @@ class HttpProtocol(asyncio.Protocol):
             access_log=access,
             start_time=time.perf_counter() if access is not None else 0.0,
         )
+        if self._eof:
+            cycle.peer_closed()
+        self.cycle = cycle
         self.task = self.loop.create_task(cycle.run(ctx.app))
 
     def _answer_probe(self, head: RequestHead) -> None:
@@ -178,13 +197,12 @@ class HttpProtocol(asyncio.Protocol):
             self._send_simple(200, b"OK\n")
         else:
             self._send_simple(503, b"Unavailable\n")
+        self._answered = True  # the connection is reused once the request is fully read
 
     def _send_simple(self, status: int, body: bytes) -> None:
-        """Answer without the app (probes, overload), then continue as after any response."""
-        conn = self.conn
-        data = conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+        """Answer without the app (probes, overload)."""
+        data = self.conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
         self.transport.write(data)
-        self.response_complete()
 
     def _on_bad_request(self, event: BadRequest) -> None:
         ctx = self.ctx
@@ -200,9 +218,30 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
-        # WebSocket support lands with its own protocol; until then refuse clearly.
-        self.transport.write(self.conn.error_response(501, "WebSocket is not supported by this build"))
-        self.transport.close()
+        self._cancel_timer()
+        ctx = self.ctx
+        if ctx.draining:
+            self.transport.write(self.conn.error_response(503, "shutting down"))
+            self.transport.close()
+            return
+        head = event.head
+        scope = build_websocket_scope(
+            head,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+            root_path=ctx.root_path,
+            state=ctx.lifespan_state,
+            proxy_trusted=self.proxy_trusted,
+            trust=ctx.trust,
+        )
+        # The bytes now belong to the WebSocket protocol; this one steps aside (it is
+        # registered again as a websocket first, so the drain event never blinks).
+        ws = WebSocketProtocol(ctx, self.transport, self.flow, scope)
+        self.transport.set_protocol(ws)
+        ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
+        self._closed = True
+        ctx.unregister(self)
 
     # ------------------------------------------------------------ Channel
 
@@ -242,7 +281,9 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_reading()
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
-            if self.conn.request_state is RequestState.HEAD:
+            if self._eof:
+                self.transport.close()  # nothing more can arrive
+            elif self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
 
     # ------------------------------------------------------------ drain and timers
