@@ -203,3 +203,22 @@ def _propagate_fastgate_logs():
     logger.propagate = True
     yield
     logger.propagate = old
+
+
+def test_sighup_with_an_unbindable_new_address_keeps_the_current_config(caplog, tmp_path):
+    fake = FakeSpawner(on_spawn=lambda f, pid: f.report(pid, READY))
+    master = Master(make_config(workers=1), spawner=fake,
+                    reread=lambda: make_config(workers=1, uds=str(tmp_path / "missing" / "x.sock")))
+
+    def actions() -> None:
+        wait_until(lambda: len(fake.spawned) == 1)
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: len(fake.spawned) == 2)  # the reload itself still happens
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        assert run_master(master, actions) == 0
+    finally:
+        fake.close()
+    assert "configuration ignored, keeping the current one" in caplog.text
+    assert master.config.bind.uds is None

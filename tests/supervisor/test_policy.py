@@ -18,7 +18,9 @@ from fastgate.supervisor.policy import (
     Phase,
     PolicySettings,
     ReleaseSlot,
+    ReloadEnded,
     ReloadRequested,
+    ReloadStarted,
     SendSignal,
     SignalReceived,
     Spawn,
@@ -171,6 +173,7 @@ def test_rolling_reload_is_gated_on_ready_and_retires_old_workers_one_by_one():
     old0, old1 = f.boot(2)
     acts = f.feed(SignalReceived(signal.SIGHUP))
     assert Notify("RELOADING=1") in acts
+    assert acts.index(ReloadStarted(2)) < acts.index(spawns(acts)[0])  # config switched before forking
     new = spawns(acts)
     assert [(s.slot, s.generation) for s in new] == [(0, 2), (1, 2)]
     assert signals(acts) == []  # nobody is stopped before a new worker is ready
@@ -181,7 +184,7 @@ def test_rolling_reload_is_gated_on_ready_and_retires_old_workers_one_by_one():
     assert Notify("READY=1") not in acts
     acts = f.ready(new1)
     assert signals(acts) == [(old1, SIGTERM, True)]
-    assert Notify("READY=1") in acts
+    assert Notify("READY=1") in acts and ReloadEnded(2, ok=True) in acts
     assert f.sup.phase is Phase.RUNNING
     f.exited(old0, 0)
     # old1 ignores SIGTERM: SIGKILL after the graceful timeout.
@@ -199,7 +202,7 @@ def test_reload_rolls_back_when_a_new_worker_fails_to_boot():
     new0, new1 = f.pid[new[0].wid], f.pid[new[1].wid]
     acts = f.exited(new0, 4)  # broken app: import error in the new generation
     assert signals(acts) == [(new0, SIGKILL, True), (new1, SIGKILL, True)]
-    assert Notify("READY=1") in acts
+    assert Notify("READY=1") in acts and ReloadEnded(2, ok=False) in acts
     assert f.sup.phase is Phase.RUNNING
     f.exited(new1, -9)
     # The old generation was never told anything and nothing is respawned.
