@@ -598,7 +598,9 @@ class Supervisor:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.fast_timeout
                 if w.pid is not None:
-                    out.append(SendSignal(w.pid, signal.SIGQUIT, group=True))
+                    # The worker alone: SIGQUIT would make the app's children dump core; they get
+                    # SIGKILL with the rest of the group once the worker is reaped.
+                    out.append(SendSignal(w.pid, signal.SIGQUIT))
             elif w.state is not WorkerState.DRAINING or w.kill_at is None:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.shutdown_delay + s.graceful_timeout + KILL_MARGIN

@@ -260,7 +260,7 @@ def test_second_sigint_forces_a_fast_shutdown():
     f = FakeSpawner(workers=1, fast_timeout=2.0)
     (pid,) = f.boot(1)
     assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGTERM, True)]
-    assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGQUIT, True)]
+    assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGQUIT, False)]
     assert signals(f.advance(2.0)) == [(pid, SIGKILL, True)]
     assert f.exited(pid, -9)[-1] == Exit(0)
 
@@ -268,7 +268,7 @@ def test_second_sigint_forces_a_fast_shutdown():
 def test_sigquit_is_fast_and_sigterm_during_it_does_not_slow_it_down():
     f = FakeSpawner(workers=1, fast_timeout=2.0, graceful_timeout=30.0)
     (pid,) = f.boot(1)
-    assert signals(f.feed(SignalReceived(signal.SIGQUIT))) == [(pid, SIGQUIT, True)]
+    assert signals(f.feed(SignalReceived(signal.SIGQUIT))) == [(pid, SIGQUIT, False)]
     assert signals(f.feed(SignalReceived(signal.SIGTERM))) == []
     assert signals(f.advance(2.0)) == [(pid, SIGKILL, True)]
 
