@@ -26,4 +26,30 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
         return run_single(config)
     from fastgate.supervisor.master import Master
 
-    return Master(config, reread=reread).run()
+    if not config.reload.reload:
+        return Master(config, reread=reread).run()
+    return _run_reload(config, reread)
+
+
+def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
+    """``--reload``: the master plus a file watcher child whose reports trigger reloads.
+
+    The master still never imports the app, so every new worker imports fresh code.
+    """
+    import sys
+
+    from fastgate.errors import EXIT_USAGE, ConfigError
+    from fastgate.supervisor.master import Master
+    from fastgate.supervisor.reload import Reloader, watch_options
+
+    try:
+        options = watch_options(config.reload, config.app.app_dir)
+    except ConfigError as exc:
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    reloader = Reloader(options)
+    reloader.start()
+    try:
+        return Master(config, reread=reread, reload_source=reloader).run()
+    finally:
+        reloader.stop()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastgate"
 
-LEAF = {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.logging", "fastgate.ipc",
-        "fastgate.notify", "fastgate.asgi.types", "fastgate.asgi.channel"}
+LEAF = {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.logging", "fastgate.ipc", "fastgate.notify",
+        "fastgate.asgi.types", "fastgate.asgi.channel"}
 
 # What each layer may import from fastgate (module-level imports). A module's own package
 # prefix decides its layer; more specific entries come first.
@@ -21,7 +21,6 @@ ALLOWED: list[tuple[str, set[str]]] = [
     ("fastgate.config", {"fastgate.errors"}),
     ("fastgate.errors", set()),
     ("fastgate.ipc", set()),
-    ("fastgate.notify", set()),  # sd_notify: stdlib only
     ("fastgate.logs", {"fastgate.config"}),
     ("fastgate.logging", {"fastgate.config"}),
     ("fastgate.asgi.types", set()),

@@ -105,7 +105,9 @@ class Master:
             the reload goes on with the current configuration.
         reload_source: a readable fd (or object with ``fileno()``); each readable batch of
             bytes requests a reload, as SIGHUP does. EOF unregisters it. The master closes
-            it in every worker it forks.
+            it in every worker it forks. An object with ``read_requests()`` (the dev
+            reloader) reads and logs its own messages instead: it returns whether a reload
+            is requested and sets ``closed`` at EOF.
         spawner: how workers are started (tests pass a fake).
         clock: monotonic time source.
     """
@@ -122,6 +124,7 @@ class Master:
         self.config = config
         self.reread = reread
         self.reload_fd: int | None = None
+        self.reload_source = reload_source
         if reload_source is not None:
             self.reload_fd = reload_source if isinstance(reload_source, int) else reload_source.fileno()
         self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main, block=HANDLED_SIGNALS)
@@ -153,10 +156,11 @@ class Master:
             print(f"fastgate: error: {exc}", file=sys.stderr)
             return EXIT_BOOT_FAILED
         try:
+            # Handlers first: a script that sees "Listening" may signal us at once.
+            self._setup_signals()
             self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
             for listener in self.listeners:
                 logger.info("Listening on %s (pid %d)", listener.display, self.pid)
-            self._setup_signals()
             self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
                 os.set_blocking(self.reload_fd, False)
@@ -334,10 +338,17 @@ class Master:
 
     def _read_reload_source(self) -> bool:
         assert self.reload_fd is not None
-        try:
-            data = os.read(self.reload_fd, 4096)
-        except BlockingIOError:
-            return False
+        read_requests = getattr(self.reload_source, "read_requests", None)
+        if read_requests is not None:
+            requested = bool(read_requests())
+            if not getattr(self.reload_source, "closed", False):
+                return requested
+            data = b""
+        else:
+            try:
+                data = os.read(self.reload_fd, 4096)
+            except BlockingIOError:
+                return False
         if not data:
             logger.warning("The reload watcher went away; file changes no longer reload")
             self.selector.unregister(self.reload_fd)

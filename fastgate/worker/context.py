@@ -12,6 +12,7 @@ from fastgate.asgi.types import ASGIApp
 from fastgate.config import Config, parse_networks
 from fastgate.http.h1 import DefaultHeaders, H1Limits
 from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
+from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 
 if TYPE_CHECKING:
     from fastgate.worker.protocol import HttpProtocol
@@ -54,6 +55,8 @@ class WorkerContext:
 
         self.connections: set[HttpProtocol] = set()
         self.websockets: set[WebSocketProtocol] = set()
+        self.sweeper = DeadlineSweeper(self.connections, sweep_interval(self.timeout_keep_alive,
+                                                                           self.timeout_request_header))
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self.ready = False

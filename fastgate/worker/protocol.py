@@ -8,7 +8,6 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
@@ -43,8 +42,11 @@ class HttpProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self.proxy_trusted = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_is_idle = False  # idle keep-alive timer (reset by new bytes) vs head deadline (never reset)
+        # Loop time at which the pending timeout fires (0.0: none), checked by the worker's
+        # DeadlineSweeper: cheaper than a call_later per request.
+        self.deadline = 0.0
+        self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
+        self._on_timeout: Any = None
         self._closed = False
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._answered = False  # the server answered the current request itself (probe)
@@ -56,7 +58,6 @@ class HttpProtocol(asyncio.Protocol):
         self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
-        sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.client = _address(peer)
@@ -67,19 +68,24 @@ class HttpProtocol(asyncio.Protocol):
             self.scheme = "https"
         trust = ctx.trust
         if trust.enabled:
-            unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+            # A UNIX-socket connection's sockname is the path (str); no need to fetch the socket
+            # object (uvloop builds a wrapper for it).
+            unix = isinstance(local, str)
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
         # Accepted while draining (the accept raced the listener close): the client has
         # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
+        ctx.sweeper.wake(self.loop)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
-        if self._timer_is_idle:
-            self._cancel_timer()  # a new request is arriving on a kept-alive connection
+        if self._deadline_idle:
+            # A new request is arriving on a kept-alive connection (inlined _cancel_timer).
+            self.deadline = 0.0
+            self._deadline_idle = False
         self._process_events()
-        if self._timer is None and self.cycle is None and conn.request_state is RequestState.HEAD:
+        if self.deadline == 0.0 and self.cycle is None and conn.request_state is RequestState.HEAD:
             # Part of a head arrived: the client now has a deadline to finish it, which
             # further bytes do not extend (slowloris).
             if not self._closed and not self.transport.is_closing():
@@ -150,7 +156,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def _on_request(self, head: RequestHead) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # inlined _cancel_timer
+        self._deadline_idle = False
         ctx = self.ctx
         if ctx.draining:
             self.conn.keep_alive = False
@@ -294,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
         # Close only connections idle between requests. One that has not sent its first
         # request yet (just accepted) gets it answered: closing it would reset a request
         # the client already sent. The head deadline bounds how long it can take.
-        if self.cycle is None and not self._closed and self._timer_is_idle:
+        if self.cycle is None and not self._closed and self._deadline_idle:
             self.transport.close()
 
     def abort(self) -> None:
@@ -305,22 +312,29 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_timer(self, delay: float, callback: Any, idle: bool = False) -> None:
-        self._cancel_timer()
-        self._timer_is_idle = idle
-        if delay > 0:
-            self._timer = self.loop.call_later(delay, callback)
-        else:
-            self._timer = self.loop.call_soon(callback)  # type: ignore[assignment]
+        self._deadline_idle = idle
+        self._on_timeout = callback
+        now = self.loop.time()
+        self.deadline = now + delay if delay > 0 else now
+        if delay <= 0:
+            self.loop.call_soon(self._fire_if_due, self.deadline)  # no keep-alive: don't wait for a sweep
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_is_idle = False
+        self.deadline = 0.0
+        self._deadline_idle = False
+
+    def _fire_if_due(self, deadline: float) -> None:
+        if self.deadline == deadline:
+            self.on_deadline()
+
+    def on_deadline(self) -> None:
+        """Called by the worker's DeadlineSweeper once ``deadline`` has passed."""
+        callback = self._on_timeout
+        self._cancel_timer()
+        if callback is not None:
+            callback()
 
     def _on_header_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if self._closed or self.cycle is not None:
             return
         ctx = self.ctx
@@ -331,8 +345,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_keep_alive_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if not self._closed and self.cycle is None:
             self.transport.close()
 
