@@ -100,7 +100,7 @@ def test_request_response_and_keep_alive_timer() -> None:
         protocol.data_received(GET)
         await until(lambda: b"Hello, world!" in transport.written)
         assert transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
-        assert protocol._timer is not None and protocol._timer_is_idle
+        assert protocol.deadline > 0 and protocol._deadline_idle
         await until(lambda: transport.closing)  # idle keep-alive expired
         await until(lambda: ctx.all_closed.is_set())
         assert protocol not in ctx.connections and ctx.requests_served == 1
@@ -173,9 +173,9 @@ def test_header_deadline_is_armed_for_the_next_request_only_when_bytes_arrive() 
         protocol.data_received(GET)
         await until(lambda: b"Hello" in transport.written)
         transport.take()
-        assert protocol._timer_is_idle
+        assert protocol._deadline_idle
         protocol.data_received(b"GET / HT")  # a new head starts: now it has a deadline
-        assert protocol._timer is not None and not protocol._timer_is_idle
+        assert protocol.deadline > 0 and not protocol._deadline_idle
         await until(lambda: transport.closing)
         assert transport.take().startswith(b"HTTP/1.1 408 ")
 
