@@ -482,6 +482,10 @@ def child_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- master side
 
 
+class _WakeUp(Exception):
+    """Raised by a signal handler to end ``Reloader.wait_for_change``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeBatch:
     """One batch of changed files, as reported by the watcher."""
@@ -595,6 +599,29 @@ class Reloader:
             logger.info("%d change%s detected in %s: reloading", batch.count, "" if batch.count == 1 else "s",
                         batch.describe())
         return bool(batches)
+
+    def wait_for_change(self) -> bool:
+        """Block until the watcher reports a change (True) or goes away (False).
+
+        Used between two masters when the app could not start at all; SIGHUP also
+        ends the wait (True), as it would ask a running master to reload.
+        """
+        import select
+
+        def on_hup(signum: int, frame: object) -> None:
+            raise _WakeUp
+
+        old = signal.signal(signal.SIGHUP, on_hup)
+        try:
+            while not self.closed:
+                select.select([self._fd], [], [])
+                if self.read_requests():
+                    return True
+            return False
+        except _WakeUp:
+            return True
+        finally:
+            signal.signal(signal.SIGHUP, old)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
