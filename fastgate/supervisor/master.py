@@ -124,7 +124,7 @@ class Master:
         self.reload_source = reload_source
         if reload_source is not None:
             self.reload_fd = reload_source if isinstance(reload_source, int) else reload_source.fileno()
-        self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main)
+        self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main, block=HANDLED_SIGNALS)
         self.clock = clock
         self.policy = Supervisor(policy_settings(config))
         self.listeners: list[Listener] = []
@@ -151,9 +151,9 @@ class Master:
             print(f"fastgate: error: {exc}", file=sys.stderr)
             return EXIT_BOOT_FAILED
         try:
+            self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
             for listener in self.listeners:
                 logger.info("Listening on %s (pid %d)", listener.display, self.pid)
-            self._write_pid_file()
             self._setup_signals()
             self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
@@ -171,11 +171,11 @@ class Master:
     def _step(self) -> None:
         deadline = self.policy.next_deadline()
         timeout = MAX_SLEEP if deadline is None else min(MAX_SLEEP, max(0.0, deadline - self.clock()))
-        signals: dict[int, None] = {}
+        signals: list[int] = []
         reload_requested = False
         for key, _ in self.selector.select(timeout):
             if key.data == _WAKEUP:
-                signals.update(dict.fromkeys(self._drain_wakeup()))
+                signals.extend(self._drain_wakeup())
             elif key.data == _RELOAD:
                 reload_requested |= self._read_reload_source()
             else:
@@ -189,8 +189,15 @@ class Master:
             self._close_pipe(wid)
             self._feed(ChildExited(wid, code))
         if reload_requested:
-            signals.setdefault(signal.SIGHUP, None)
+            signals.append(signal.SIGHUP)
+        # In arrival order. Repeated SIGCHLD/SIGHUP mean the same as one; repeated
+        # SIGTTIN/SIGTTOU/SIGINT each count.
+        seen: set[int] = set()
         for sig in signals:
+            if sig in (signal.SIGCHLD, signal.SIGHUP):
+                if sig in seen:
+                    continue
+                seen.add(sig)
             self._on_signal(sig)
         self._feed(Tick())
 

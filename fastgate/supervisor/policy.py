@@ -216,6 +216,7 @@ class WorkerRecord:
 class ReloadState:
     generation: int
     old_settings: PolicySettings
+    old_target: int
     new_wids: set[int] = field(default_factory=set)
 
 
@@ -491,10 +492,13 @@ class Supervisor:
     def _start_reload(self, settings: PolicySettings | None, now: float, out: list[Action]) -> None:
         self.phase = Phase.RELOADING
         self.generation += 1
-        reload = self.reload = ReloadState(self.generation, self.settings)
+        reload = self.reload = ReloadState(self.generation, self.settings, self.target)
         if settings is not None:
+            # A worker count changed by SIGTTIN/SIGTTOU survives a reload unless the
+            # configuration itself now asks for a different count.
+            if settings.workers != self.settings.workers:
+                self.target = max(1, settings.workers)
             self.settings = settings
-            self.target = max(1, settings.workers)
         out.append(Notify("RELOADING=1"))
         logger.info("Reloading: starting generation %d (%d worker(s))", self.generation, self.target)
         self.pending.clear()
@@ -534,7 +538,7 @@ class Supervisor:
             if w is not None and w.state is not WorkerState.READY:
                 self._kill(w, now, out)
         self.settings = reload.old_settings
-        self.target = max(1, reload.old_settings.workers)
+        self.target = reload.old_target
         self.reload = None
         self.phase = Phase.RUNNING
         out.append(Notify("READY=1"))

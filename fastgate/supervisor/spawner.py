@@ -7,9 +7,10 @@ Tests of the master loop substitute a fake.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,8 +46,9 @@ class ForkSpawner:
             in the child right after ``fork`` and must close what the master owns.
     """
 
-    def __init__(self, child_main: Callable[[int, int, int], int]) -> None:
+    def __init__(self, child_main: Callable[[int, int, int], int], block: Iterable[int] = ()) -> None:
         self.child_main = child_main
+        self.block = set(block)
 
     def spawn(self, slot: int, generation: int) -> WorkerHandle:
         """Fork one worker.
@@ -55,9 +57,15 @@ class ForkSpawner:
             OSError: fork or pipe failed (EAGAIN, ENOMEM); the master treats it as a crash.
         """
         read_fd, write_fd = os.pipe()
+        # Signals stay blocked across fork: until the child has restored default handlers,
+        # a signal meant for it would run the master's handler and be lost. The child
+        # unblocks them once set up; the parent right after fork.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.block) if self.block else None
         try:
             pid = os.fork()
         except OSError:
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(read_fd)
             os.close(write_fd)
             raise
@@ -76,6 +84,8 @@ class ForkSpawner:
                     sys.stderr.flush()
                 finally:
                     os._exit(code)
+        if old_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         try:

@@ -20,9 +20,6 @@ from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
 
-# Seconds a just-accepted connection has to send its first request once draining began.
-FRESH_CONNECTION_GRACE = 1.0
-
 
 def _address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
@@ -48,7 +45,6 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_is_idle = False  # idle keep-alive timer (reset by new bytes) vs head deadline (never reset)
         self._closed = False
-        self._fresh = True  # no byte received yet: the client may have sent a request we have not read
 
     # ------------------------------------------------------------ transport events
 
@@ -70,13 +66,11 @@ class HttpProtocol(asyncio.Protocol):
         if trust.enabled:
             unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
-        if ctx.draining:
-            self.shutdown()
-            return
+        # Accepted while draining (the accept raced the listener close): the client has
+        # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._fresh = False
         conn = self.conn
         conn.receive_data(data)
         if self._timer_is_idle:
@@ -254,21 +248,13 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ drain and timers
 
     def shutdown(self) -> None:
-        """Graceful drain: close if idle, otherwise close after the current response.
-
-        A connection that has not sent a byte yet was just accepted: its client is
-        about to send (or already sent, unread) its first request and, unlike a reused
-        keep-alive connection, will not retry if we close. Closing with unread data
-        would even reset it. So it gets a short grace to send one request, answered
-        with ``connection: close``.
-        """
+        """Graceful drain: close if idle, otherwise close after the current response."""
         self.conn.keep_alive = False
-        if self.cycle is None and not self._closed:
-            if self._fresh:
-                grace = min(FRESH_CONNECTION_GRACE, self.ctx.timeout_request_header)
-                self._arm_timer(grace, self._on_drain_grace)
-            else:
-                self.transport.close()
+        # Close only connections idle between requests. One that has not sent its first
+        # request yet (just accepted) gets it answered: closing it would reset a request
+        # the client already sent. The head deadline bounds how long it can take.
+        if self.cycle is None and not self._closed and self._timer_is_idle:
+            self.transport.close()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""
@@ -290,11 +276,6 @@ class HttpProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
             self._timer_is_idle = False
-
-    def _on_drain_grace(self) -> None:
-        self._timer = None
-        if not self._closed and self.cycle is None:
-            self.transport.close()
 
     def _on_header_timeout(self) -> None:
         self._timer = None

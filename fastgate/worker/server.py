@@ -267,6 +267,8 @@ def run_worker(
     signal.set_wakeup_fd(-1)
     for sig in _MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    # The spawner forked with these blocked; a signal sent meanwhile is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
     faulthandler.enable(all_threads=True)
     # Only the master talks to systemd (NotifyAccess=main).
     os.environ.pop("NOTIFY_SOCKET", None)

@@ -223,8 +223,13 @@ def test_reload_with_new_settings_changes_the_worker_count_and_rollback_restores
     f.boot(1)
     acts = f.feed(ReloadRequested(PolicySettings(workers=3)))
     assert len(spawns(acts)) == 3
-    f.exited(f.pid[spawns(acts)[0].wid], 1)
+    new = [f.pid[s.wid] for s in spawns(acts)]
+    killed = signals(f.exited(new[0], 1))
+    assert killed == [(new[0], SIGKILL, True), (new[1], SIGKILL, True), (new[2], SIGKILL, True)]
     assert f.sup.target == 1 and f.sup.settings.workers == 1
+    f.exited(new[1], -9)
+    assert spawns(f.exited(new[2], -9)) == []
+    assert len(f.live_pids()) == 1
 
 
 def test_reload_requested_during_a_reload_runs_after_it():
@@ -331,3 +336,13 @@ def test_spawn_failure_is_retried_with_backoff():
     sup.workers[spawn.wid].pid = None  # pretend fork failed before a pid existed
     f.feed(SpawnFailed(spawn.wid, "EAGAIN"))
     assert sup.next_deadline() - f.now == pytest.approx(0.2)
+
+
+def test_worker_count_from_ttin_survives_a_reload_unless_the_config_changes_it():
+    f = FakeSpawner(workers=1)
+    f.boot(1)
+    f.feed(SignalReceived(signal.SIGTTIN))
+    assert len(spawns(f.feed(ReloadRequested(PolicySettings(workers=1))))) == 2
+    for pid in f.live_pids():
+        f.ready(pid)
+    assert len(spawns(f.feed(ReloadRequested(PolicySettings(workers=4))))) == 4

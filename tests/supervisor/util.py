@@ -5,13 +5,16 @@ from __future__ import annotations
 import glob
 import os
 import re
-import socket
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from tests.server import ServerProcess, read_response
+from tests.server import LISTEN_RE, ServerProcess, read_response
 
 READY_RE = re.compile(r"Worker (\d+) \(slot (\d+), generation (\d+)\) ready")
 
@@ -115,18 +118,35 @@ class LoadClient:
             time.sleep(0.01)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class CommandProcess(ServerProcess):
+    """Like ServerProcess, but runs ``command`` (which must end up running fastgate)."""
+
+    def __init__(self, command: list[str], *, pass_fds: tuple[int, ...] = (), **kwargs: Any) -> None:
+        super().__init__([], **kwargs)
+        self.command = command
+        self.pass_fds = pass_fds
+
+    def start(self) -> CommandProcess:
+        self.proc = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=self.env, cwd=self.cwd, start_new_session=self.new_session, pass_fds=self.pass_fds,
+        )
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+        if self.wait_listening:
+            match = self.wait_line(LISTEN_RE, self.timeout)
+            self.host, self.port = match.group(2), int(match.group(3))
+        return self
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+def python_fastgate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastgate", *args]
 
 
-def env_without_pythonpath_tests() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+def kill_all(pids: set[int] | list[int]) -> None:
+    """Test cleanup: make sure no process of ours survives a failed assertion."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
