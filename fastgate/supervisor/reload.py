@@ -341,8 +341,40 @@ def _invalidate_bytecode(paths: Iterable[str]) -> None:
             pass
 
 
+def syntax_errors(paths: Iterable[str]) -> list[str] | None:
+    """If *every* changed file is Python source that does not compile, the errors; else None.
+
+    Then a reload cannot help: each new worker would fail to import (and with N workers
+    print the same traceback N times), or the file is not imported at all. The watcher
+    reports the error once and the previous workers keep serving. A batch with any other
+    change (a file that compiles, a deleted file, a template) reloads as usual.
+    """
+    import traceback
+
+    errors = []
+    for path in paths:
+        if not path.endswith(".py"):
+            return None
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError:
+            return None  # deleted or unreadable: let the import decide
+        try:
+            compile(source, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            errors.append("".join(traceback.format_exception_only(exc)).rstrip())
+        else:
+            return None
+    return errors or None
+
+
 def _report(fd: int, paths: Sequence[str]) -> None:
-    _send(fd, {"count": len(paths), "paths": sorted(paths)[:MAX_REPORTED_PATHS]})
+    message: dict[str, Any] = {"count": len(paths), "paths": sorted(paths)[:MAX_REPORTED_PATHS]}
+    errors = syntax_errors(paths)
+    if errors:
+        message["syntax_errors"] = errors
+    _send(fd, message)
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -492,6 +524,7 @@ class ChangeBatch:
 
     count: int
     paths: tuple[str, ...]
+    syntax_errors: tuple[str, ...] = ()  # set: every changed file fails to compile; no reload
 
     def describe(self, cwd: str | None = None) -> str:
         """Human-readable list for the log: ``app.py, pkg/models.py (+3 more)``."""
@@ -577,7 +610,8 @@ class Reloader:
                 if "watching" in d:
                     self.watching, self.polling = int(d["watching"]), bool(d["polling"])
                     continue
-                batches.append(ChangeBatch(count=int(d["count"]), paths=tuple(d["paths"])))
+                batches.append(ChangeBatch(count=int(d["count"]), paths=tuple(d["paths"]),
+                                           syntax_errors=tuple(d.get("syntax_errors", ()))))
             except (ValueError, KeyError, TypeError):
                 continue
         return batches
@@ -595,10 +629,17 @@ class Reloader:
             logger.info("Watching %d director%s for changes to %s (%s): %s", self.watching,
                         "y" if self.watching == 1 else "ies", ", ".join(self.options.includes), how,
                         ", ".join(self.options.roots))
+        requested = False
         for batch in batches:
-            logger.info("%d change%s detected in %s: reloading", batch.count, "" if batch.count == 1 else "s",
-                        batch.describe())
-        return bool(batches)
+            plural = "" if batch.count == 1 else "s"
+            if batch.syntax_errors:
+                logger.error("%d change%s detected in %s: not reloading, the code does not compile (the previous "
+                             "workers keep serving; save a fix to reload):\n%s", batch.count, plural,
+                             batch.describe(), "\n".join(batch.syntax_errors))
+                continue
+            logger.info("%d change%s detected in %s: reloading", batch.count, plural, batch.describe())
+            requested = True
+        return requested
 
     def wait_for_change(self) -> bool:
         """Block until the watcher reports a change (True) or goes away (False).
