@@ -58,7 +58,7 @@ async def app(scope, receive, send):
 
 
 class Server:
-    def __init__(self, name: str, app_dir: Path) -> None:
+    def __init__(self, name: str, app_dir: Path, delay: float | None = None) -> None:
         self.name = name
         if name == "fastgate":
             cmd = [sys.executable, "-m", "fastgate", "app:app", "--reload", "--port", "0", "--app-dir", str(app_dir),
@@ -66,6 +66,8 @@ class Server:
         else:
             cmd = [sys.executable, "-m", "uvicorn", "app:app", "--reload", "--port", "0", "--app-dir", str(app_dir),
                    "--no-access-log"]
+        if delay is not None:
+            cmd += ["--reload-delay", str(delay)]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -113,15 +115,26 @@ class Server:
             self.proc.wait(5)
 
 
-def measure(name: str, edits: int, pause: float) -> tuple[list[float], int]:
+def measure(name: str, edits: int, pause: float, delay: float | None = None) -> tuple[list[float], int]:
     with tempfile.TemporaryDirectory(prefix=f"reload-{name}-") as tmp:
         app_dir = Path(tmp)
         (app_dir / "app.py").write_text(APP.format(message="start"))
-        server = Server(name, app_dir)
+        server = Server(name, app_dir, delay)
         samples: list[float] = []
         errors = 0
         try:
-            assert server.get() == "start"
+            # uvicorn logs "Application startup complete" before its worker calls listen():
+            # a first request at that moment can be refused. Wait until one succeeds.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    first = server.get()
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{name}: never served ({exc}):\n" + "\n".join(server.lines)) from None
+                    time.sleep(0.01)
+            assert first == "start", first
             for i in range(edits):
                 time.sleep(pause)  # let the previous reload settle (pacing, not waiting on a condition)
                 message = f"edit {i} " + "x" * i
@@ -149,12 +162,15 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=7)
     parser.add_argument("--pause", type=float, default=1.5, help="seconds between edits")
     parser.add_argument("--servers", default="fastgate,uvicorn")
+    parser.add_argument("--reload-delay", type=float, default=None,
+                        help="pass --reload-delay to both servers (default: each one's own, 0.05 s vs 0.25 s)")
     args = parser.parse_args()
     print("| server | edits | median ms | min ms | max ms | connection errors |\n|---|---|---|---|---|---|")
     for name in args.servers.split(","):
-        samples, errors = measure(name, args.edits, args.pause)
+        samples, errors = measure(name, args.edits, args.pause, args.reload_delay)
         ms = [s * 1000 for s in samples]
-        print(f"| {name} --reload | {len(ms)} | {statistics.median(ms):.0f} | {min(ms):.0f} | {max(ms):.0f} "
+        label = f"{name} --reload" + (f" --reload-delay {args.reload_delay:g}" if args.reload_delay is not None else "")
+        print(f"| {label} | {len(ms)} | {statistics.median(ms):.0f} | {min(ms):.0f} | {max(ms):.0f} "
               f"| {errors} |", flush=True)
 
 
