@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from fastgate import __version__
 from fastgate.config import BOOL, LIST, OPTIONS, Config, load, parse_value
@@ -28,8 +28,15 @@ _SECTION_TITLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), like every other config error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"fastgate: error: {message} (see 'fastgate --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastgate",
         description="fastgate: an ASGI server with a supervising master (uvloop + httptools).",
         epilog="Every option can also be set as FASTGATE_<NAME> in the environment or in a TOML --config file.",

@@ -17,15 +17,12 @@ import dataclasses
 import ipaddress
 import math
 import os
-import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastgate.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
 
 ENV_PREFIX = "FASTGATE_"
 
@@ -43,6 +40,7 @@ def option(
     optional: bool = False,
     env: tuple[str, ...] = (),
     metavar: str | None = None,
+    separator: str = ",",
 ) -> Any:
     """Declare one option: its default, CLI flag, help text and how to parse it.
 
@@ -56,6 +54,8 @@ def option(
         env: extra environment variables honoured besides ``FASTGATE_<NAME>``
             (lowest precedence among environment variables).
         metavar: placeholder in ``--help``.
+        separator: for lists, what separates items in one env/CLI value (a repeated flag
+            always adds one item per occurrence).
     """
     meta = {
         "help": help,
@@ -65,6 +65,7 @@ def option(
         "optional": optional,
         "env": env,
         "metavar": metavar,
+        "separator": separator,
     }
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
@@ -103,7 +104,8 @@ class BindSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpSettings:
-    http: str = option("auto", "HTTP implementation (httptools is the only one).", kind=STR, choices=("auto", "httptools"))
+    http: str = option("auto", "HTTP implementation (httptools is the only one).", kind=STR,
+                       choices=("auto", "httptools"))
     limit_request_line: int = option(8190, "Largest request line in bytes (414 above).", kind=INT)
     limit_request_fields: int = option(100, "Most header fields in a request (431 above).", kind=INT)
     limit_request_field_size: int = option(8190, "Largest header field (name + value) in bytes (431 above).", kind=INT)
@@ -112,7 +114,8 @@ class HttpSettings:
         10.0, "Seconds a client has to send a complete request head (408 after).", kind=FLOAT
     )
     headers: tuple[str, ...] = option(
-        (), "Extra response header, repeatable.", kind=LIST, flag="--header", metavar="NAME:VALUE"
+        (), "Extra response header, repeatable (in the environment: one per line).", kind=LIST, flag="--header",
+        metavar="NAME:VALUE", separator="\n",  # header values contain commas
     )
     server_header: bool = option(True, "Send 'server: fastgate'.", kind=BOOL)
     date_header: bool = option(True, "Send a 'date' header.", kind=BOOL)
@@ -253,6 +256,7 @@ class OptionSpec:
     optional: bool
     env_names: tuple[str, ...]
     metavar: str | None
+    separator: str = ","
 
 
 def iter_options() -> Iterator[OptionSpec]:
@@ -271,10 +275,12 @@ def iter_options() -> Iterator[OptionSpec]:
                 optional=m["optional"],
                 env_names=(ENV_PREFIX + f.name.upper(), *m["env"]),
                 metavar=m["metavar"],
+                separator=m["separator"],
             )
 
 
 OPTIONS: dict[str, OptionSpec] = {o.name: o for o in iter_options()}
+_BY_FLAG: dict[str, str] = {o.flag[2:].replace("-", "_"): o.name for o in OPTIONS.values()}
 
 
 def parse_value(spec: OptionSpec, raw: Any, source: str) -> Any:
@@ -322,7 +328,7 @@ def parse_value(spec: OptionSpec, raw: Any, source: str) -> Any:
         if isinstance(raw, (list, tuple)):
             return tuple(str(x) for x in raw)
         text = str(raw)
-        return tuple(x.strip() for x in text.split(",") if x.strip())
+        return tuple(x.strip() for x in text.split(spec.separator) if x.strip())
     text = str(raw)
     if spec.choices and text not in spec.choices:
         raise fail("one of " + ", ".join(spec.choices))
@@ -387,6 +393,7 @@ def read_toml(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
+        name = _BY_FLAG.get(name, name)  # the flag's spelling works too: header = [...]
         if name not in OPTIONS:
             raise ConfigError(f"--config: unknown option {key!r} in {path!r}; see 'fastgate --help'")
         out[name] = parse_value(OPTIONS[name], value, f"config file {path}")

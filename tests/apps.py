@@ -174,3 +174,80 @@ def factory() -> Any:
 
 
 not_callable = 42
+
+
+# --------------------------------------------------------------------------- HTTP foundation e2e
+# Added for tests/test_e2e_http*.py; paths not listed here behave exactly like ``app``.
+
+_release_upload: asyncio.Event | None = None
+
+
+async def http_app(scope: Scope, receive: Any, send: Any) -> None:
+    """``app`` plus paths that announce what they do on stdout, so tests can wait for them."""
+    global _release_upload
+    if scope["type"] != "http":
+        await app(scope, receive, send)
+        return
+    path = scope["path"]
+    root = scope["root_path"]
+    if root and path.startswith(root):
+        path = path[len(root):]  # route below the mount point, as frameworks do
+    q = _query(scope)
+    if path == "/root-info":
+        info = {k: scope[k] for k in ("root_path", "path", "scheme")}
+        info["raw_path"] = scope["raw_path"].decode("latin-1")
+        info["client"] = list(scope["client"]) if scope["client"] else None
+        info["server"] = list(scope["server"]) if scope["server"] else None
+        info["host"] = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        await _respond(send, 200, json.dumps(info).encode(), [(b"content-type", b"application/json")])
+    elif path == "/announce-slow":  # a slow request the test knows is in flight
+        print("slow request started", flush=True)
+        await asyncio.sleep(float(q.get("delay", "2")))
+        await _respond(send, 200, b"slow done")
+    elif path == "/stall-upload":  # read one chunk, then stop reading until /release-upload
+        _release_upload = asyncio.Event()
+        first = await receive()
+        print("upload stalled", flush=True)
+        await _release_upload.wait()
+        body = b""
+        if first.get("more_body"):
+            body, _ = await _read_body(receive)
+        await _respond(send, 200, json.dumps({"len": len(first.get("body", b"")) + len(body)}).encode())
+    elif path == "/release-upload":
+        if _release_upload is not None:
+            _release_upload.set()
+        await _respond(send, 200, b"released")
+    elif path == "/big-progress":  # like /big, printing (every 256 KiB) how much went into send()
+        size = int(q.get("size", str(64 * 1024 * 1024)))
+        chunk = b"x" * 65536
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(size).encode())]})
+        sent = 0
+        while sent < size:
+            piece = chunk[: min(len(chunk), size - sent)]
+            sent += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
+            if sent % (256 * 1024) == 0:
+                print(f"sent {sent}", flush=True)
+    elif path == "/disconnect-then-send":  # wait for the client to leave, then try to send
+        message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        try:
+            await _respond(send, 200, b"too late")
+        except OSError as exc:
+            print(f"send after disconnect raised {type(exc).__name__}", flush=True)
+            raise
+    else:
+        await app(scope, receive, send)
+
+
+def http_app_factory() -> Any:
+    return http_app
+
+
+class _Missing:
+    pass
+
+
+not_callable_instance = _Missing()

@@ -65,6 +65,7 @@ class RequestCycle:
         "_body_size",
         "_more_body",
         "_disconnected",
+        "_peer_closed",
         "_waiter",
         "_reading_paused",
     )
@@ -93,6 +94,7 @@ class RequestCycle:
         self._body_size = 0
         self._more_body = True
         self._disconnected = False
+        self._peer_closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
 
@@ -115,6 +117,12 @@ class RequestCycle:
     def disconnect(self) -> None:
         """The connection is gone: wake ``receive`` with ``http.disconnect``."""
         self._disconnected = True
+        self._wake()
+
+    def peer_closed(self) -> None:
+        """The peer sent EOF: ``receive`` answers ``http.disconnect`` once the buffered body
+        is consumed, but ``send`` still works (the peer may only have half-closed)."""
+        self._peer_closed = True
         self._wake()
 
     def _wake(self) -> None:
@@ -146,7 +154,7 @@ class RequestCycle:
                 if not more:
                     self._body_size = -1  # the final http.request went out; next: disconnect
                 return {"type": "http.request", "body": body, "more_body": more}
-            if self._disconnected or self.state is ASGIHTTPState.DONE:
+            if self._disconnected or self._peer_closed or self.state is ASGIHTTPState.DONE:
                 return {"type": "http.disconnect"}
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
@@ -155,11 +163,17 @@ class RequestCycle:
         mtype = message["type"]
         state = self.state
         if mtype == "http.response.body":
+            # The helpers are plain functions: an extra coroutine per message is measurable.
             if state is ASGIHTTPState.BODY:
-                await self._send_body(message.get("body", b""), message.get("more_body", False))
+                more_body = message.get("more_body", False)
+                if self._send_body(message.get("body", b""), more_body):
+                    # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
+                    await self.channel.drain()
+                if not more_body:
+                    self._finish()
                 return
             if state is ASGIHTTPState.STARTED:
-                await self._send_first_body(message.get("body", b""), message.get("more_body", False))
+                self._send_first_body(message.get("body", b""), message.get("more_body", False))
                 return
             raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
         if mtype == "http.response.start":
@@ -176,7 +190,7 @@ class RequestCycle:
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
 
-    async def _send_first_body(self, body: bytes, more_body: bool) -> None:
+    def _send_first_body(self, body: bytes, more_body: bool) -> None:
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         conn = self.conn
@@ -193,7 +207,8 @@ class RequestCycle:
         if not more_body:
             self._finish()
 
-    async def _send_body(self, body: bytes, more_body: bool) -> None:
+    def _send_body(self, body: bytes, more_body: bool) -> bool:
+        """Write a body chunk; True when something was written (the caller drains)."""
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         try:
@@ -202,12 +217,9 @@ class RequestCycle:
             raise ASGIProtocolError(str(exc)) from None
         self.body_bytes += len(body)
         if data:
-            channel = self.channel
-            channel.write(data)
-            # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
-            await channel.drain()
-        if not more_body:
-            self._finish()
+            self.channel.write(data)
+            return True
+        return False
 
     def _finish(self) -> None:
         self.state = ASGIHTTPState.DONE
@@ -232,7 +244,8 @@ class RequestCycle:
                     logger.error("ASGI app returned without sending a response (%s)", self._where())
                 self._error_response(500, "")
             else:
-                logger.error("ASGI app returned before the response body was complete (%s)", self._where())
+                if not self._disconnected and not self._peer_closed:
+                    logger.error("ASGI app returned before the response body was complete (%s)", self._where())
                 self._abort()
 
     def _on_app_error(self, exc: BaseException) -> None:

@@ -106,7 +106,7 @@ class Lifespan:
         assert self._answer is not None
         try:
             return await asyncio.wait_for(asyncio.shield(self._answer), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LifespanFailure(f"lifespan {phase} did not complete within {self.timeout:g}s "
                                   "(--timeout-lifespan)") from None
 

@@ -72,7 +72,7 @@ def is_asgi2(app: Any) -> bool:
         if asyncio.iscoroutinefunction(app):
             return False
         return _positional_arity(app) == 1
-    call = getattr(app, "__call__", None)
+    call = getattr(type(app), "__call__", None)  # noqa: B004 - the method itself, to test if it is async
     if call is not None and asyncio.iscoroutinefunction(call):
         return False
     return _positional_arity(app) == 1

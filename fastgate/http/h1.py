@@ -25,9 +25,20 @@ Strictness. llhttp in its default strict mode already rejects bare LF line ends,
 control bytes in header values, invalid tokens, Content-Length together with
 Transfer-Encoding and duplicate Content-Length (RFC 9112 §2.2, §5.2, §6.3). What it lets
 through and we refuse here: HTTP versions other than 1.0/1.1 (including 0.9), transfer
-codings other than exactly ``chunked``, CONNECT and other non-origin targets, a missing or
-repeated Host in HTTP/1.1 (§3.2), and heads over the configured limits. httptools buffers
-a header field until it ends, so we also bound the bytes of a head still in flight.
+codings other than exactly ``chunked`` and any Transfer-Encoding in HTTP/1.0 (§6.1: its
+framing cannot be trusted), CONNECT and other non-origin targets, a missing or repeated Host
+in HTTP/1.1 (§3.2), and heads over the configured limits.
+
+httptools buffers a header (or trailer) field until the next one starts, and calls us only
+then, so a peer trickling one endless field would grow that buffer unbounded. We count the
+bytes of every ``receive_data`` call during which no callback fired ("stalled" bytes) and
+refuse with 431 once they exceed one field's limit: a field can only be that large.
+
+Upgrades. httptools tells llhttp to skip the body of any request carrying ``Connection:
+upgrade`` + ``Upgrade``. For a WebSocket upgrade that is what we want (the bytes after the
+head belong to the new protocol). Any other upgrade (``h2c``) is served as plain HTTP
+(RFC 9110 §7.8 lets a server ignore Upgrade): when such a request has a body, we replay
+its framing into a fresh parser so the body is delivered and parsing continues after it.
 """
 
 from __future__ import annotations
@@ -52,6 +63,9 @@ from fastgate.http.events import (
     RequestHead,
     UpgradeRequest,
 )
+
+# Slack over max_header_size for a stalled field: ": ", CRLF and a little optional whitespace.
+_FIELD_SLACK = 64
 
 
 class RequestState(enum.Enum):
@@ -81,11 +95,6 @@ class H1Limits:
     max_header_size: int = 8190
     websocket: bool = True  # False: upgrade requests are served as plain HTTP
 
-    @property
-    def max_head_bytes(self) -> int:
-        # Generous bound on a head still being received; the precise checks run per field.
-        return self.max_request_line + self.max_header_count * (self.max_header_size + 4) + 4
-
 
 class DefaultHeaders:
     """Headers the server adds to every response; ``date`` is refreshed by the worker."""
@@ -112,7 +121,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
-_NO_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+_NO_BODY_STATUS = frozenset((204, 304))  # RFC 9110 §6.4.1 (1xx never reach start_response)
 
 
 class _Reject(Exception):
@@ -123,10 +132,10 @@ class _Reject(Exception):
         self.reason = reason
 
 
-# Parser errors whose right answer is not a plain 400.
+# llhttp errors whose right answer is not a plain 400, keyed by llhttp's reason text.
 _ERROR_STATUS = {
-    "HttpParserInvalidMethodError": 400,
-    "HttpParserInvalidURLError": 400,
+    "Invalid HTTP version": (505, "HTTP version not supported"),
+    "Pause on PRI/Upgrade": (505, "HTTP/2 is not supported over cleartext"),
 }
 
 
@@ -150,7 +159,10 @@ class H1Connection:
         "_url",
         "_headers",
         "_in_head",
-        "_pending_head_bytes",
+        "_progress",
+        "_stalled",
+        "_trailers",
+        "_replaying",
         "_host_count",
         "_expect_continue",
         "_upgrade",
@@ -175,12 +187,17 @@ class H1Connection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
-        self._pending_head_bytes = 0
+        self._progress = False  # a parser callback fired during the current receive_data
+        self._stalled = 0  # bytes fed since the last receive_data that made progress
+        self._trailers = 0
+        self._replaying = False  # parsing a synthetic head (see _on_upgrade)
         self._host_count = 0
         self._expect_continue = False
         self._upgrade: bytes | None = None
         self._chunked = False
-        self._pending_upgrade: RequestHead | None = None
+        # A WebSocket head waiting for llhttp's upgrade pause, or the framing head to replay
+        # for an ignored upgrade (h2c) that carries a body.
+        self._pending_upgrade: RequestHead | bytes | None = None
         # Response side, for the request being answered.
         self._method = "GET"
         self._http_version = "1.1"
@@ -204,20 +221,24 @@ class H1Connection:
             reject = exc.__context__
             if isinstance(reject, _Reject):
                 self._fail(reject.status, reject.reason)
-            else:  # pragma: no cover - a bug in our callbacks
+            else:  # a bug in our callbacks: still never raise on peer input
                 self._fail(400, f"invalid request: {reject!r}")
             return
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data, int(exc.args[0]))
             return
         except httptools.HttpParserError as exc:
-            status = _ERROR_STATUS.get(type(exc).__name__, 400)
-            self._fail(status, str(exc) or "malformed request")
+            reason = str(exc) or "malformed request"
+            status, reason = _ERROR_STATUS.get(reason, (400, reason))
+            self._fail(status, reason)
             return
-        if self._in_head:
-            self._pending_head_bytes += len(data)
-            if self._pending_head_bytes > self.limits.max_head_bytes:
-                self._fail(431, "request head too large")
+        if self._progress:
+            self._progress = False
+            self._stalled = 0
+        else:
+            self._stalled += len(data)
+            if self._stalled > self.limits.max_header_size + _FIELD_SLACK:
+                self._fail(431, "header field too large")
 
     def receive_eof(self) -> None:
         """The peer half-closed. A request cut short is dropped; nothing else to do."""
@@ -249,7 +270,7 @@ class H1Connection:
             self._begin_response(head)  # type: ignore[arg-type]
         elif event is END_OF_REQUEST:
             self.request_state = RequestState.DONE
-        elif cls is BadRequest:
+        else:  # BadRequest (the queue holds nothing else)
             # A broken body belongs to the current request: deliver it now. A broken next
             # request waits its turn, like any pipelined request.
             if state is RequestState.DONE:
@@ -260,6 +281,7 @@ class H1Connection:
     # -- httptools callbacks (peer input; raise _Reject to abort) --
 
     def on_message_begin(self) -> None:
+        self._progress = True
         self._in_head = True
         self._url = b""
         self._headers = []
@@ -267,15 +289,25 @@ class H1Connection:
         self._expect_continue = False
         self._upgrade = None
         self._chunked = False
+        self._trailers = 0
 
     def on_url(self, url: bytes) -> None:
+        self._progress = True
         self._url += url
         if len(self._url) > self.limits.max_request_line:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._progress = True
         if not self._in_head:
-            return  # trailer fields of a chunked body: not exposed in ASGI http scope
+            # Trailer fields of a chunked body: not exposed in the ASGI http scope, but
+            # held to the same limits as header fields.
+            self._trailers += 1
+            if self._trailers > self.limits.max_header_count:
+                raise _Reject(431, "too many trailer fields")
+            if len(name) + len(value) > self.limits.max_header_size:
+                raise _Reject(431, "trailer field too large")
+            return
         headers = self._headers
         if len(headers) >= self.limits.max_header_count:
             raise _Reject(431, "too many header fields")
@@ -304,10 +336,16 @@ class H1Connection:
     def _on_upgrade_header(self, value: bytes) -> None:
         self._upgrade = value.strip().lower()
 
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
     def on_headers_complete(self) -> None:
         parser = self._parser
+        self._progress = True
         self._in_head = False
-        self._pending_head_bytes = 0
+        if self._replaying:
+            self._replaying = False  # the synthetic head of an ignored upgrade: body follows
+            return
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             if version.startswith("0."):
@@ -331,15 +369,23 @@ class H1Connection:
             raise _Reject(400, "invalid request target")
         if self._host_count == 0 and version == "1.1":
             raise _Reject(400, "missing Host header")
+        if self._chunked and version == "1.0":
+            raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         upgrade = None
-        if (
-            self._upgrade is not None
-            and self.limits.websocket
-            and method == "GET"
-            and parser.should_upgrade()
-            and b"websocket" in [t.strip() for t in self._upgrade.split(b",")]
-        ):
-            upgrade = b"websocket"
+        if parser.should_upgrade():
+            if (
+                self._upgrade is not None
+                and self.limits.websocket
+                and method == "GET"
+                and b"websocket" in [t.strip() for t in self._upgrade.split(b",")]
+            ):
+                upgrade = b"websocket"
+            else:
+                # Served as plain HTTP, but httptools makes llhttp skip the body: remember
+                # its framing to replay it once llhttp pauses (see _on_upgrade).
+                framing = self._body_framing()
+                if framing is not None:
+                    self._pending_upgrade = framing
         head = RequestHead(
             method,
             url,
@@ -356,25 +402,45 @@ class H1Connection:
         else:
             self._events.append(head)
 
+    def _body_framing(self) -> bytes | None:
+        """A minimal head with this request's body framing, or None if it has no body."""
+        if self._chunked:
+            return b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for name, value in self._headers:
+            if name == b"content-length" and value.strip() not in (b"0", b""):
+                return b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + value.strip() + b"\r\n\r\n"
+        return None
+
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         self._events.append(BodyChunk(body))
 
     def on_message_complete(self) -> None:
+        self._progress = True
         if self._pending_upgrade is None:
             self._events.append(END_OF_REQUEST)
 
     def _on_upgrade(self, data: bytes, offset: int) -> None:
-        head = self._pending_upgrade
-        if head is None:
-            # llhttp pauses on any Connection: upgrade + Upgrade pair (and on CONNECT,
-            # rejected earlier). Upgrades we don't speak (h2c, ...) are plain requests:
-            # resume parsing the bytes after the paused message.
-            rest = data[offset:]
+        pending = self._pending_upgrade
+        self._pending_upgrade = None
+        rest = data[offset:]
+        if pending is None:
+            # llhttp pauses on any Connection: upgrade + Upgrade pair. An upgrade we don't
+            # speak (h2c, ...) without a body is a plain request that is already complete:
+            # go on parsing what follows it.
             if rest:
                 self.receive_data(rest)
             return
-        self._pending_upgrade = None
-        self._events.append(UpgradeRequest(head, data[offset:]))
+        if pending.__class__ is bytes:
+            # An ignored upgrade with a body that llhttp skipped: a fresh parser reads the
+            # body from a synthetic head with the same framing, then whatever follows.
+            assert isinstance(pending, bytes)
+            self._parser = httptools.HttpRequestParser(self)
+            self._replaying = True
+            self.receive_data(pending + rest)
+            return
+        assert isinstance(pending, RequestHead)
+        self._events.append(UpgradeRequest(pending, rest))
         self.state = ConnectionState.SWITCHED
 
     def _fail(self, status: int, reason: str) -> None:
@@ -396,7 +462,7 @@ class H1Connection:
         """Serialise the response head, choosing the body framing.
 
         Args:
-            status: the status code (100-599, but not 101: upgrades are not ours here).
+            status: the final status code (200-599).
             headers: ``(name, value)`` byte pairs from the app.
             body: the whole body when it is already known (the app sent its only body
                 chunk together with the start); it is framed with Content-Length and
@@ -411,8 +477,10 @@ class H1Connection:
         if self.response_state is not ResponseState.WAITING:
             raise LocalProtocolError("response already started")
         status_line = STATUS_LINES.get(status) if status.__class__ is int else None
-        if status_line is None or status == 101:
-            raise LocalProtocolError(f"invalid status code {status!r}")
+        if status_line is None or status < 200:
+            # 1xx are interim responses (100 Continue is ours to send; 101 is an upgrade):
+            # never the final response the caller is starting here.
+            raise LocalProtocolError(f"invalid status code {status!r} for a final response")
         no_body = status in _NO_BODY_STATUS or self._method == "HEAD"
         content_length: int | None = None
         has_server = has_date = False
@@ -424,11 +492,12 @@ class H1Connection:
                 raise LocalProtocolError(f"invalid response header {name!r}: {value!r}")
             if lname == b"content-length":
                 try:
-                    content_length = int(value)
+                    length = int(value)
                 except ValueError:
                     raise LocalProtocolError(f"invalid content-length {value!r}") from None
-                if content_length < 0:
+                if length < 0 or (content_length is not None and length != content_length):
                     raise LocalProtocolError(f"invalid content-length {value!r}")
+                content_length = length
             elif lname == b"transfer-encoding":
                 continue  # framing is ours to choose
             elif lname == b"connection":

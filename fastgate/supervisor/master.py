@@ -152,10 +152,11 @@ class Master:
             print(f"fastgate: error: {exc}", file=sys.stderr)
             return EXIT_BOOT_FAILED
         try:
+            # Handlers first: a script that sees "Listening" may signal us at once.
+            self._setup_signals()
             self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
             for listener in self.listeners:
                 logger.info("Listening on %s (pid %d)", listener.display, self.pid)
-            self._setup_signals()
             self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
                 os.set_blocking(self.reload_fd, False)

@@ -8,17 +8,17 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
-from fastgate.asgi.scope import build_http_scope
+from fastgate.asgi.scope import build_http_scope, build_websocket_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
+from fastgate.worker.websocket import WebSocketProtocol
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -42,18 +42,22 @@ class HttpProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self.proxy_trusted = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_is_idle = False  # idle keep-alive timer (reset by new bytes) vs head deadline (never reset)
+        # Loop time at which the pending timeout fires (0.0: none), checked by the worker's
+        # DeadlineSweeper: cheaper than a call_later per request.
+        self.deadline = 0.0
+        self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
+        self._on_timeout: Any = None
         self._closed = False
+        self._eof = False  # the client half-closed: answer what it sent, then close
+        self._answered = False  # the server answered the current request itself (probe)
 
     # ------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
-        sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.client = _address(peer)
@@ -64,19 +68,24 @@ class HttpProtocol(asyncio.Protocol):
             self.scheme = "https"
         trust = ctx.trust
         if trust.enabled:
-            unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+            # A UNIX-socket connection's sockname is the path (str); no need to fetch the socket
+            # object (uvloop builds a wrapper for it).
+            unix = isinstance(local, str)
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
         # Accepted while draining (the accept raced the listener close): the client has
         # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
+        ctx.sweeper.wake(self.loop)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
-        if self._timer_is_idle:
-            self._cancel_timer()  # a new request is arriving on a kept-alive connection
+        if self._deadline_idle:
+            # A new request is arriving on a kept-alive connection (inlined _cancel_timer).
+            self.deadline = 0.0
+            self._deadline_idle = False
         self._process_events()
-        if self._timer is None and self.cycle is None and conn.request_state is RequestState.HEAD:
+        if self.deadline == 0.0 and self.cycle is None and conn.request_state is RequestState.HEAD:
             # Part of a head arrived: the client now has a deadline to finish it, which
             # further bytes do not extend (slowloris).
             if not self._closed and not self.transport.is_closing():
@@ -85,8 +94,13 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.conn.receive_eof()
         if self.cycle is not None:
-            # Half-closed after sending a request: answer it, then close.
-            self.conn.keep_alive = False
+            # The client is gone, or half-closed after sending its request(s): tell the
+            # app (http.disconnect from receive), but keep the transport open so the
+            # response, and those to requests already parsed, can still go out; close in
+            # response_complete. A client that really left fails the write and we get
+            # connection_lost.
+            self._eof = True
+            self.cycle.peer_closed()
             return True
         return None
 
@@ -117,6 +131,12 @@ class HttpProtocol(asyncio.Protocol):
             elif event is END_OF_REQUEST:
                 if self.cycle is not None:
                     self.cycle.feed_end()
+                elif self._answered:
+                    # A request the server answered itself is now fully read: reuse.
+                    self._answered = False
+                    self.response_complete()
+                    if self._closed or self.transport.is_closing() or self.cycle is not None:
+                        return
             elif cls is RequestHead:
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
@@ -136,7 +156,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def _on_request(self, head: RequestHead) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # inlined _cancel_timer
+        self._deadline_idle = False
         ctx = self.ctx
         if ctx.draining:
             self.conn.keep_alive = False
@@ -145,7 +166,9 @@ class HttpProtocol(asyncio.Protocol):
             self._answer_probe(head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
+            self.conn.keep_alive = False  # shed this connection, not just this request
             self._send_simple(503, b"Service Unavailable\n")
+            self.response_complete()
             return
         scope = build_http_scope(
             head,
@@ -158,7 +181,7 @@ class HttpProtocol(asyncio.Protocol):
             trust=ctx.trust,
         )
         access = self._log_access if ctx.access_formatter is not None else None
-        cycle = self.cycle = RequestCycle(
+        cycle = RequestCycle(
             scope,
             self.conn,
             self,
@@ -166,6 +189,9 @@ class HttpProtocol(asyncio.Protocol):
             access_log=access,
             start_time=time.perf_counter() if access is not None else 0.0,
         )
+        if self._eof:
+            cycle.peer_closed()
+        self.cycle = cycle
         self.task = self.loop.create_task(cycle.run(ctx.app))
 
     def _answer_probe(self, head: RequestHead) -> None:
@@ -178,13 +204,12 @@ class HttpProtocol(asyncio.Protocol):
             self._send_simple(200, b"OK\n")
         else:
             self._send_simple(503, b"Unavailable\n")
+        self._answered = True  # the connection is reused once the request is fully read
 
     def _send_simple(self, status: int, body: bytes) -> None:
-        """Answer without the app (probes, overload), then continue as after any response."""
-        conn = self.conn
-        data = conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+        """Answer without the app (probes, overload)."""
+        data = self.conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
         self.transport.write(data)
-        self.response_complete()
 
     def _on_bad_request(self, event: BadRequest) -> None:
         ctx = self.ctx
@@ -200,9 +225,30 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
-        # WebSocket support lands with its own protocol; until then refuse clearly.
-        self.transport.write(self.conn.error_response(501, "WebSocket is not supported by this build"))
-        self.transport.close()
+        self._cancel_timer()
+        ctx = self.ctx
+        if ctx.draining:
+            self.transport.write(self.conn.error_response(503, "shutting down"))
+            self.transport.close()
+            return
+        head = event.head
+        scope = build_websocket_scope(
+            head,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+            root_path=ctx.root_path,
+            state=ctx.lifespan_state,
+            proxy_trusted=self.proxy_trusted,
+            trust=ctx.trust,
+        )
+        # The bytes now belong to the WebSocket protocol; this one steps aside (it is
+        # registered again as a websocket first, so the drain event never blinks).
+        ws = WebSocketProtocol(ctx, self.transport, self.flow, scope)
+        self.transport.set_protocol(ws)
+        ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
+        self._closed = True
+        ctx.unregister(self)
 
     # ------------------------------------------------------------ Channel
 
@@ -242,7 +288,9 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_reading()
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
-            if self.conn.request_state is RequestState.HEAD:
+            if self._eof:
+                self.transport.close()  # nothing more can arrive
+            elif self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
 
     # ------------------------------------------------------------ drain and timers
@@ -253,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
         # Close only connections idle between requests. One that has not sent its first
         # request yet (just accepted) gets it answered: closing it would reset a request
         # the client already sent. The head deadline bounds how long it can take.
-        if self.cycle is None and not self._closed and self._timer_is_idle:
+        if self.cycle is None and not self._closed and self._deadline_idle:
             self.transport.close()
 
     def abort(self) -> None:
@@ -264,22 +312,29 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_timer(self, delay: float, callback: Any, idle: bool = False) -> None:
-        self._cancel_timer()
-        self._timer_is_idle = idle
-        if delay > 0:
-            self._timer = self.loop.call_later(delay, callback)
-        else:
-            self._timer = self.loop.call_soon(callback)  # type: ignore[assignment]
+        self._deadline_idle = idle
+        self._on_timeout = callback
+        now = self.loop.time()
+        self.deadline = now + delay if delay > 0 else now
+        if delay <= 0:
+            self.loop.call_soon(self._fire_if_due, self.deadline)  # no keep-alive: don't wait for a sweep
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_is_idle = False
+        self.deadline = 0.0
+        self._deadline_idle = False
+
+    def _fire_if_due(self, deadline: float) -> None:
+        if self.deadline == deadline:
+            self.on_deadline()
+
+    def on_deadline(self) -> None:
+        """Called by the worker's DeadlineSweeper once ``deadline`` has passed."""
+        callback = self._on_timeout
+        self._cancel_timer()
+        if callback is not None:
+            callback()
 
     def _on_header_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if self._closed or self.cycle is not None:
             return
         ctx = self.ctx
@@ -290,8 +345,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_keep_alive_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if not self._closed and self.cycle is None:
             self.transport.close()
 

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from typing import Protocol
 
@@ -76,6 +76,9 @@ class Worker:
         self._force = False
         self._date_timer: asyncio.TimerHandle | None = None
         self._beat_timer: asyncio.TimerHandle | None = None
+        # Called once the app started and the listeners accept: "Listening on" goes out
+        # only when requests can really be served (after lifespan startup).
+        self.on_serving: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -103,6 +106,8 @@ class Worker:
             server = await loop.create_server(lambda: HttpProtocol(ctx), sock=sock, backlog=backlog)
             self.servers.append(server)
         ctx.ready = True
+        if self.on_serving is not None:
+            self.on_serving()
         if self.hooks is not None:
             self.hooks.ready()
             self._schedule_beat()
@@ -340,10 +345,13 @@ def run_single(config: Config) -> int:
     try:
         worker = Worker(config, app, [listener.sock for listener in listeners])
 
-        async def main() -> int:
-            worker.install_signal_handlers(supervised=False)
+        def announce() -> None:
             for listener in listeners:
                 error_logger.info("Listening on %s (pid %d)", listener.display, os.getpid())
+
+        async def main() -> int:
+            worker.install_signal_handlers(supervised=False)
+            worker.on_serving = announce
             return await worker.serve()
 
         with asyncio.Runner(loop_factory=_new_loop) as runner:

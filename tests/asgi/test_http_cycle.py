@@ -1,0 +1,426 @@
+"""RequestCycle with a FakeChannel: ASGI message order, 100-continue, backpressure, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from fastgate.asgi.http_cycle import HIGH_WATER, ASGIHTTPState, RequestCycle
+from fastgate.errors import ASGIProtocolError, ClientDisconnected
+from fastgate.http.events import END_OF_REQUEST, RequestHead
+from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.paused = False
+        self.pauses = 0
+        self.closed = False
+        self.completed = 0
+        self.drains = 0
+        self.drain_gate: asyncio.Event | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    async def drain(self) -> None:
+        self.drains += 1
+        if self.drain_gate is not None:
+            await self.drain_gate.wait()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def response_complete(self) -> None:
+        self.completed += 1
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.written)
+
+
+def make(request: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", **kw: Any) -> tuple[RequestCycle, FakeChannel]:
+    conn = H1Connection(defaults=DefaultHeaders(server=None))
+    conn.receive_data(request)
+    head = conn.next_event()
+    assert isinstance(head, RequestHead)
+    channel = FakeChannel()
+    scope = {"type": "http", "method": head.method, "path": "/"}
+    cycle = RequestCycle(scope, conn, channel, expect_continue=head.expect_continue, **kw)
+    return cycle, channel
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def respond(send: Any, body: bytes = b"ok", status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_simple_response_is_one_write_with_content_length() -> None:
+    cycle, channel = make()
+    cycle.feed_end()
+    logged: list[RequestCycle] = []
+    cycle._access_log = logged.append
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "http.request", "body": b"", "more_body": False}
+        await respond(send)
+
+    run(cycle.run(app))
+    assert channel.written == [b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"]
+    assert cycle.state is ASGIHTTPState.DONE and channel.completed == 1
+    assert logged == [cycle] and cycle.status == 200 and cycle.body_bytes == 2
+
+
+def test_streaming_response_drains_between_chunks() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    run(cycle.run(app))
+    assert channel.data == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
+    assert channel.drains == 2 and channel.completed == 1
+
+
+def test_write_backpressure_blocks_send() -> None:
+    cycle, channel = make()
+    channel.drain_gate = asyncio.Event()
+    progress: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        progress.append("first")
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        progress.append("second")
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        task = asyncio.create_task(cycle.run(app))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert progress == ["first"]  # blocked in drain() of the second chunk
+        assert channel.drain_gate is not None
+        channel.drain_gate.set()
+        await task
+        assert progress == ["first", "second"]
+
+    run(main())
+
+
+def test_request_body_and_read_backpressure() -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n")
+    big = b"x" * (HIGH_WATER // 2)
+    cycle.feed(big)
+    assert not channel.paused
+    cycle.feed(big)
+    cycle.feed(big)  # above the high-water mark: stop reading
+    assert channel.paused and channel.pauses == 1
+    cycle.feed(b"y")
+    assert channel.pauses == 1  # paused once, not per chunk
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        assert message == {"type": "http.request", "body": big * 3 + b"y", "more_body": True}
+        assert not channel.paused  # consumed: reading resumes
+        cycle.feed_end()
+        assert await receive() == {"type": "http.request", "body": b"", "more_body": False}
+        await respond(send)
+        assert await receive() == {"type": "http.disconnect"}  # after the response
+
+    run(cycle.run(app))
+
+
+def test_receive_waits_for_body() -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        got.append(await receive())
+        got.append(await receive())
+        await respond(send)
+
+    async def main() -> None:
+        task = asyncio.create_task(cycle.run(app))
+        await asyncio.sleep(0)
+        assert got == []
+        cycle.feed(b"abc")
+        await asyncio.sleep(0)
+        cycle.feed_end()
+        await task
+
+    run(main())
+    assert got == [{"type": "http.request", "body": b"abc", "more_body": True},
+                   {"type": "http.request", "body": b"", "more_body": False}]
+
+
+def test_100_continue_only_on_first_receive() -> None:
+    request = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    cycle, channel = make(request)
+    assert cycle._expect_continue
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert channel.written == []  # not before the app reads
+        cycle.feed(b"h")
+        await receive()
+        assert channel.written == [CONTINUE]
+        cycle.feed(b"i")
+        cycle.feed_end()
+        assert (await receive())["more_body"] is False
+        await respond(send)
+
+    run(cycle.run(app))
+    assert channel.written.count(CONTINUE) == 1
+
+
+def test_no_100_continue_when_the_app_answers_without_reading() -> None:
+    request = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    cycle, channel = make(request)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await respond(send, b"no", 413)
+
+    run(cycle.run(app))
+    assert CONTINUE not in channel.written
+    assert channel.data.startswith(b"HTTP/1.1 413 ")
+
+
+def test_no_100_continue_after_the_response_started() -> None:
+    request = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    cycle, channel = make(request)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        cycle.disconnect()
+        assert await receive() == {"type": "http.disconnect"}
+
+    run(cycle.run(app))
+    assert CONTINUE not in channel.written
+
+
+def test_disconnect_wakes_receive_and_send_raises() -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        try:
+            await respond(send)
+        except OSError as exc:
+            seen.append(exc)
+            raise
+
+    async def main() -> None:
+        task = asyncio.create_task(cycle.run(app))
+        await asyncio.sleep(0)
+        cycle.disconnect()
+        await task
+
+    run(main())
+    assert seen[0] == {"type": "http.disconnect"}
+    assert isinstance(seen[1], ClientDisconnected) and isinstance(seen[1], OSError)
+    assert channel.written == []  # the OSError after a disconnect is not an error: no 500
+
+
+def test_send_body_after_disconnect_raises() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        cycle.disconnect()
+        with pytest.raises(ClientDisconnected):
+            await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        cycle2_state.append(cycle.state)
+
+    cycle2_state: list[Any] = []
+    run(cycle.run(app))
+    assert cycle2_state == [ASGIHTTPState.BODY]
+
+    cycle, channel = make()
+
+    async def app2(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        cycle.disconnect()
+        await send({"type": "http.response.body", "body": b"b"})
+
+    run(cycle.run(app2))
+    assert channel.written == []
+
+
+@pytest.mark.parametrize(
+    ("messages", "expect"),
+    [
+        ([{"type": "http.response.body", "body": b"x"}], "not expected in state start"),
+        ([{"type": "http.response.start", "status": 200}] * 2, "not expected in state started"),
+        ([{"type": "http.response.start", "status": "200"}], "status must be an int"),
+        ([{"type": "http.response.push"}], "unexpected ASGI message type"),
+        ([{"type": "http.response.start", "status": 200, "headers": [(b"x", b"a\r\nb: c")]},
+          {"type": "http.response.body"}], "invalid response header"),
+    ],
+)
+def test_protocol_errors_before_the_response_give_500(messages: list[Any], expect: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+    cycle.feed_end()
+    raised: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            for m in messages:
+                await send(m)
+        except ASGIProtocolError as exc:
+            raised.append(exc)
+            raise
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert expect in str(raised[0])
+    assert channel.data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"connection: close" in channel.data and b"x: a" not in channel.data
+    assert channel.completed == 1
+    assert "Exception in ASGI application" in caplog.text
+
+
+def test_raise_before_start_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+    logged: list[int] = []
+    cycle._access_log = lambda c: logged.append(c.status)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+    assert logged == [500]
+    assert "boom" in caplog.text and "GET /" in caplog.text
+
+
+def test_return_without_response_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+    assert "returned without sending a response" in caplog.text
+
+    # After only http.response.start, too.
+    cycle, channel = make()
+
+    async def app2(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    run(cycle.run(app2))
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+
+
+def test_raise_after_start_closes(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("late boom")
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.closed and not cycle.conn.keep_alive
+    assert b"500" not in channel.data  # never a second response in the middle of a body
+    assert channel.completed == 0
+    assert "after the response started" in caplog.text
+
+
+def test_return_mid_body_closes(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.closed
+    assert "before the response body was complete" in caplog.text
+
+
+def test_content_length_mismatch_closes() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"bc"})
+
+    run(cycle.run(app))
+    assert channel.closed and channel.completed == 0
+
+
+def test_raise_after_the_response_ended_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await respond(send)
+        raise RuntimeError("after")
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert not channel.closed and channel.completed == 1
+    assert "after the response ended" in caplog.text
+
+
+def test_error_after_disconnect_writes_nothing() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        cycle.disconnect()
+        raise RuntimeError("x")
+
+    run(cycle.run(app))
+    assert channel.written == [] and cycle.state is ASGIHTTPState.DONE
+
+
+def test_cancelled_mid_body_aborts() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        task = asyncio.create_task(cycle.run(app))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task  # run() swallows the cancellation of the app
+
+    run(main())
+    assert channel.closed
+
+
+def test_end_of_request_constant_is_shared() -> None:
+    assert repr(END_OF_REQUEST) == "END_OF_REQUEST"

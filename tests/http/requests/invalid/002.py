@@ -1,0 +1,3 @@
+status = 400
+reason = 'Content-Length'
+# Two different Content-Length values.

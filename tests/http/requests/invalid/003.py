@@ -1,0 +1,2 @@
+status = 400
+reason = 'Content-Length'

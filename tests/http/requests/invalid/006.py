@@ -1,0 +1,2 @@
+status = 400
+reason = 'Transfer-Encoding'

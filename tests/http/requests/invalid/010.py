@@ -1,0 +1,3 @@
+status = 400
+reason = 'chunk'
+# Bad chunk size.

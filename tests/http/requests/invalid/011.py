@@ -1,0 +1,2 @@
+status = 400
+# Chunk data not followed by CRLF.

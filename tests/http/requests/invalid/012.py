@@ -1,0 +1,2 @@
+status = 400
+# Bare LF in chunk framing.

@@ -1,0 +1,2 @@
+status = 400
+# A bare LF inside the head.

@@ -1,0 +1,2 @@
+status = 400
+reason = 'HTTP/0.9'

@@ -1,0 +1,2 @@
+status = 400
+# Control byte in a header value.

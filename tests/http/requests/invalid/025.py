@@ -1,0 +1,2 @@
+status = 400
+# NUL in a header value.

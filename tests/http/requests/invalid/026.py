@@ -1,0 +1,2 @@
+status = 400
+# DEL in a header value.

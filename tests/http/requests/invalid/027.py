@@ -1,0 +1,2 @@
+status = 400
+# A lone CR in a header value.

@@ -1,0 +1,2 @@
+status = 400
+# Space inside a field name.

@@ -1,0 +1,2 @@
+status = 400
+# Empty field name.

@@ -1,0 +1,2 @@
+status = 400
+# Whitespace before the first field.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'CONNECT'
+# CONNECT is not supported.

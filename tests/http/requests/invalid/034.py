@@ -1,0 +1,2 @@
+status = 400
+# authority-form outside CONNECT.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'target'
+# asterisk-form is for OPTIONS only.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'Host'
+# HTTP/1.1 without Host (RFC 9112 3.2).

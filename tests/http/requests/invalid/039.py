@@ -1,0 +1,2 @@
+status = 400
+# Methods are case-sensitive tokens.

@@ -1,0 +1,2 @@
+status = 414
+limits = dict(max_request_line=64)

@@ -1,0 +1,2 @@
+status = 431
+limits = dict(max_header_size=64)

@@ -1,0 +1,3 @@
+status = 431
+reason = 'too many'
+limits = dict(max_header_count=5)

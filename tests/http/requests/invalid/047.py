@@ -1,0 +1,3 @@
+status = 431
+reason = 'trailer'
+limits = dict(max_header_size=64)

@@ -1,0 +1,3 @@
+status = 400
+reason = "target"
+# absolute-form with an impossible port.

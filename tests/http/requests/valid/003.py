@@ -1,0 +1,1 @@
+requests = [dict(method="POST", raw_path=b"/upload", body=b"hello world")]

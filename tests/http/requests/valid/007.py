@@ -1,0 +1,1 @@
+requests = [dict(http_version="1.0", keep_alive=True)]

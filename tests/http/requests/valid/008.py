@@ -1,0 +1,1 @@
+requests = [dict(keep_alive=False)]

@@ -1,0 +1,1 @@
+requests = [dict(expect_continue=True, body=b"hi")]

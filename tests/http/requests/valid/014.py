@@ -1,0 +1,1 @@
+requests = [dict(method="OPTIONS", target=b"*", raw_path=b"*")]

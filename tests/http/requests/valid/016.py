@@ -1,0 +1,1 @@
+requests = [dict(raw_path=b"/", query_string=b"")]

@@ -1,0 +1,1 @@
+requests = [dict(method="DELETE", body=b""), dict(method="PUT", body=b"")]
