@@ -368,3 +368,11 @@ def test_sigterm_stops_workers_and_watcher(serve, app_dir):
         print(server.output, [(p, alive(p)) for p in children])
         raise
     wait_for(lambda: not any(alive(p) for p in children), 15, what="every child gone")
+
+
+def test_missing_reload_dir_is_one_line_and_exit_2(serve, app_dir):
+    server = serve("app:app", "--app-dir", str(app_dir), "--reload", "--reload-dir", str(app_dir / "nope"),
+                   wait_listening=False)
+    assert server.wait(15) == 2
+    assert "fastgate: error: --reload-dir: " in server.output
+    assert "Traceback" not in server.output
