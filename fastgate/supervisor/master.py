@@ -93,6 +93,7 @@ def policy_settings(config: Config) -> PolicySettings:
         healthcheck_timeout=p.timeout_worker_healthcheck,
         boot_timeout=p.timeout_worker_boot,
         shutdown_delay=p.shutdown_delay,
+        reload_canary=config.reload.reload,
     )
 
 

@@ -62,6 +62,9 @@ class PolicySettings:
     backoff_initial: float = 0.1
     backoff_max: float = 10.0
     stable_after: float = 60.0
+    # --reload: boot one new worker first and the rest once it is READY, so broken code
+    # fails (and prints its error) once rather than once per worker.
+    reload_canary: bool = False
 
 
 # ----------------------------------------------------------------- events
@@ -233,6 +236,7 @@ class ReloadState:
     old_settings: PolicySettings
     old_target: int
     new_wids: set[int] = field(default_factory=set)
+    waiting_slots: list[int] = field(default_factory=list)  # canary mode: spawned once one is READY
 
 
 # ----------------------------------------------------------------- the policy
@@ -326,6 +330,9 @@ class Supervisor:
         logger.info("Worker %s (slot %d, generation %d) ready", w.pid, w.slot, w.generation)
         reload = self.reload
         if reload is not None and w.wid in reload.new_wids:
+            for slot in reload.waiting_slots:
+                reload.new_wids.add(self._spawn(slot, reload.generation, now, out).wid)
+            reload.waiting_slots = []
             self._retire_old_for(w, now, out)
             if all(self.workers[x].state is WorkerState.READY for x in reload.new_wids if x in self.workers):
                 self._finish_reload(now, out)
@@ -518,7 +525,10 @@ class Supervisor:
         out.append(ReloadStarted(self.generation))
         logger.info("Reloading: starting generation %d (%d worker(s))", self.generation, self.target)
         self.pending.clear()
-        for slot in range(self.target):
+        slots = list(range(self.target))
+        if self.settings.reload_canary:
+            slots, reload.waiting_slots = slots[:1], slots[1:]
+        for slot in slots:
             reload.new_wids.add(self._spawn(slot, self.generation, now, out).wid)
 
     def _old_workers(self) -> list[WorkerRecord]:
