@@ -22,8 +22,10 @@ from tests.supervisor.util import (
     children,
     get,
     kill_all,
+    listening_inodes,
     python_fastgate,
     serving_pids,
+    socket_inodes,
 )
 
 pytestmark = pytest.mark.e2e
@@ -228,8 +230,13 @@ def test_shutdown_delay_reports_not_ready_while_still_serving(serve):
 
 def test_keep_alive_connections_spread_across_workers(serve):
     server = serve("tests.apps:app", "--workers", "2")
-    worker_count(server, 2)
+    a, b = worker_count(server, 2)
     server.wait_line("All 2 worker\\(s\\) ready", 20)
+    # The mechanism: one SO_REUSEPORT listening socket per worker slot, all kept by the master.
+    listening = listening_inodes(server.port)
+    mine_a, mine_b = socket_inodes(a) & listening, socket_inodes(b) & listening
+    assert len(mine_a) == len(mine_b) == 1 and mine_a != mine_b
+    assert socket_inodes(server.pid) & listening == mine_a | mine_b
     socks = [server.connect(timeout=10) for _ in range(64)]
     try:
         per_pid: Counter[int] = Counter()
@@ -273,3 +280,20 @@ def test_second_sigint_forces_exit(serve):
         server.signal(signal.SIGINT)
         assert server.wait(20) == 0
         assert time.monotonic() - started < 15
+
+
+def test_worker_that_cannot_drain_is_killed_after_the_graceful_timeout(serve):
+    server = serve("tests.apps:app", "--workers", "1", "--timeout-graceful-shutdown", "1")
+    (worker,) = serving_pids(server, 1)
+    blocked = server.connect(timeout=30)
+    try:
+        blocked.sendall(b"GET /block?seconds=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Whether the block starts before or after SIGTERM, the loop cannot finish the drain.
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.wait_line(rf"Worker {worker} did not exit in time: SIGKILL", 20)
+        assert server.wait(20) == 0
+        assert time.monotonic() - started < 15  # 1 s graceful + margin, not the 60 s block
+    finally:
+        blocked.close()
+    assert not alive(worker)

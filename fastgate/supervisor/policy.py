@@ -62,6 +62,9 @@ class PolicySettings:
     backoff_initial: float = 0.1
     backoff_max: float = 10.0
     stable_after: float = 60.0
+    # --reload: boot one new worker first and the rest once it is READY, so broken code
+    # fails (and prints its error) once rather than once per worker.
+    reload_canary: bool = False
 
 
 # ----------------------------------------------------------------- events
@@ -169,11 +172,26 @@ class ReleaseSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadStarted:
+    """A reload begins: workers of ``generation`` use the configuration the reload read."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEnded:
+    """The reload of ``generation`` completed (``ok``) or was rolled back."""
+
+    generation: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     code: int
 
 
-Action = Spawn | SendSignal | Notify | CloseListeners | ReleaseSlot | Exit
+Action = Spawn | SendSignal | Notify | CloseListeners | ReleaseSlot | ReloadStarted | ReloadEnded | Exit
 
 
 # ----------------------------------------------------------------- state
@@ -218,6 +236,7 @@ class ReloadState:
     old_settings: PolicySettings
     old_target: int
     new_wids: set[int] = field(default_factory=set)
+    waiting_slots: list[int] = field(default_factory=list)  # canary mode: spawned once one is READY
 
 
 # ----------------------------------------------------------------- the policy
@@ -311,6 +330,9 @@ class Supervisor:
         logger.info("Worker %s (slot %d, generation %d) ready", w.pid, w.slot, w.generation)
         reload = self.reload
         if reload is not None and w.wid in reload.new_wids:
+            for slot in reload.waiting_slots:
+                reload.new_wids.add(self._spawn(slot, reload.generation, now, out).wid)
+            reload.waiting_slots = []
             self._retire_old_for(w, now, out)
             if all(self.workers[x].state is WorkerState.READY for x in reload.new_wids if x in self.workers):
                 self._finish_reload(now, out)
@@ -500,9 +522,13 @@ class Supervisor:
                 self.target = max(1, settings.workers)
             self.settings = settings
         out.append(Notify("RELOADING=1"))
+        out.append(ReloadStarted(self.generation))
         logger.info("Reloading: starting generation %d (%d worker(s))", self.generation, self.target)
         self.pending.clear()
-        for slot in range(self.target):
+        slots = list(range(self.target))
+        if self.settings.reload_canary:
+            slots, reload.waiting_slots = slots[:1], slots[1:]
+        for slot in slots:
             reload.new_wids.add(self._spawn(slot, self.generation, now, out).wid)
 
     def _old_workers(self) -> list[WorkerRecord]:
@@ -526,6 +552,7 @@ class Supervisor:
         logger.info("Reload complete: generation %d serving", self.generation)
         self.reload = None
         self.phase = Phase.RUNNING
+        out.append(ReloadEnded(self.generation, ok=True))
         out.append(Notify("READY=1"))
         self._maybe_run_queued_reload(now, out)
 
@@ -541,6 +568,7 @@ class Supervisor:
         self.target = reload.old_target
         self.reload = None
         self.phase = Phase.RUNNING
+        out.append(ReloadEnded(reload.generation, ok=False))
         out.append(Notify("READY=1"))
         # Slots whose old worker was already retired keep their ready new worker; any
         # slot left empty is refilled by _fill_slots.
@@ -580,7 +608,9 @@ class Supervisor:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.fast_timeout
                 if w.pid is not None:
-                    out.append(SendSignal(w.pid, signal.SIGQUIT, group=True))
+                    # The worker alone: SIGQUIT would make the app's children dump core; they get
+                    # SIGKILL with the rest of the group once the worker is reaped.
+                    out.append(SendSignal(w.pid, signal.SIGQUIT))
             elif w.state is not WorkerState.DRAINING or w.kill_at is None:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.shutdown_delay + s.graceful_timeout + KILL_MARGIN

@@ -341,8 +341,40 @@ def _invalidate_bytecode(paths: Iterable[str]) -> None:
             pass
 
 
+def syntax_errors(paths: Iterable[str]) -> list[str] | None:
+    """If *every* changed file is Python source that does not compile, the errors; else None.
+
+    Then a reload cannot help: each new worker would fail to import (and with N workers
+    print the same traceback N times), or the file is not imported at all. The watcher
+    reports the error once and the previous workers keep serving. A batch with any other
+    change (a file that compiles, a deleted file, a template) reloads as usual.
+    """
+    import traceback
+
+    errors = []
+    for path in paths:
+        if not path.endswith(".py"):
+            return None
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError:
+            return None  # deleted or unreadable: let the import decide
+        try:
+            compile(source, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            errors.append("".join(traceback.format_exception_only(exc)).rstrip())
+        else:
+            return None
+    return errors or None
+
+
 def _report(fd: int, paths: Sequence[str]) -> None:
-    _send(fd, {"count": len(paths), "paths": sorted(paths)[:MAX_REPORTED_PATHS]})
+    message: dict[str, Any] = {"count": len(paths), "paths": sorted(paths)[:MAX_REPORTED_PATHS]}
+    errors = syntax_errors(paths)
+    if errors:
+        message["syntax_errors"] = errors
+    _send(fd, message)
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -482,12 +514,17 @@ def child_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- master side
 
 
+class _WakeUp(Exception):
+    """Raised by a signal handler to end ``Reloader.wait_for_change``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeBatch:
     """One batch of changed files, as reported by the watcher."""
 
     count: int
     paths: tuple[str, ...]
+    syntax_errors: tuple[str, ...] = ()  # set: every changed file fails to compile; no reload
 
     def describe(self, cwd: str | None = None) -> str:
         """Human-readable list for the log: ``app.py, pkg/models.py (+3 more)``."""
@@ -573,7 +610,8 @@ class Reloader:
                 if "watching" in d:
                     self.watching, self.polling = int(d["watching"]), bool(d["polling"])
                     continue
-                batches.append(ChangeBatch(count=int(d["count"]), paths=tuple(d["paths"])))
+                batches.append(ChangeBatch(count=int(d["count"]), paths=tuple(d["paths"]),
+                                           syntax_errors=tuple(d.get("syntax_errors", ()))))
             except (ValueError, KeyError, TypeError):
                 continue
         return batches
@@ -591,10 +629,40 @@ class Reloader:
             logger.info("Watching %d director%s for changes to %s (%s): %s", self.watching,
                         "y" if self.watching == 1 else "ies", ", ".join(self.options.includes), how,
                         ", ".join(self.options.roots))
+        requested = False
         for batch in batches:
-            logger.info("%d change%s detected in %s: reloading", batch.count, "" if batch.count == 1 else "s",
-                        batch.describe())
-        return bool(batches)
+            plural = "" if batch.count == 1 else "s"
+            if batch.syntax_errors:
+                logger.error("%d change%s detected in %s: not reloading, the code does not compile (the previous "
+                             "workers keep serving; save a fix to reload):\n%s", batch.count, plural,
+                             batch.describe(), "\n".join(batch.syntax_errors))
+                continue
+            logger.info("%d change%s detected in %s: reloading", batch.count, plural, batch.describe())
+            requested = True
+        return requested
+
+    def wait_for_change(self) -> bool:
+        """Block until the watcher reports a change (True) or goes away (False).
+
+        Used between two masters when the app could not start at all; SIGHUP also
+        ends the wait (True), as it would ask a running master to reload.
+        """
+        import select
+
+        def on_hup(signum: int, frame: object) -> None:
+            raise _WakeUp
+
+        old = signal.signal(signal.SIGHUP, on_hup)
+        try:
+            while not self.closed:
+                select.select([self._fd], [], [])
+                if self.read_requests():
+                    return True
+            return False
+        except _WakeUp:
+            return True
+        finally:
+            signal.signal(signal.SIGHUP, old)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

@@ -53,9 +53,9 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
         self._on_timeout: Any = None
-        self._pending: Callable[[], None] | None = None  # starts the app once the request's events are in
-        self._in_events = False
         self._closed = False
+        self._pending: Callable[[], None] | None = None  # starts the app once the head's events are in
+        self._in_events = False
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # status of a probe answer, sent once its request is fully read
 
@@ -167,8 +167,8 @@ class HttpProtocol(asyncio.Protocol):
                     return
             elif event is NEED_DATA or event is PAUSED:
                 # The app starts once the events at hand are consumed, so that a response
-                # completing at once (eager task) finds its request complete (END_OF_REQUEST
-                # seen) and the connection reusable.
+                # completing at once finds its request complete (END_OF_REQUEST seen) and
+                # the connection reusable.
                 start = self._pending
                 if start is not None:
                     self._pending = None
@@ -339,7 +339,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
-            if self.conn.request_state is RequestState.HEAD:
+            if self._eof:
+                self.transport.close()  # nothing more can arrive
+            elif self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
 
     def _close_after_response(self) -> None:
@@ -364,13 +366,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ drain and timers
 
     def shutdown(self) -> None:
-        """Graceful drain: close if idle, otherwise close after the current response."""
+        """Graceful drain: no new request on this connection will be kept alive.
+
+        Nothing is closed here. A connection idle between requests is left to its own
+        keep-alive deadline: a client (typically a proxy's connection pool) may be sending
+        a request on it at this very moment, and closing would reset that request, which a
+        proxy cannot retry when it is a POST. Proxies keep their idle timeout below ours
+        (deploy/nginx: 4 s < 5 s), so they close first. A request arriving meanwhile is
+        answered with ``connection: close``; an in-flight one closes after its response; a
+        just-accepted connection gets its first request answered. The drain deadline
+        (``--timeout-graceful-shutdown``) bounds all of it.
+        """
         self.conn.keep_alive = False
-        # Close only connections idle between requests. One that has not sent its first
-        # request yet (just accepted) gets it answered: closing it would reset a request
-        # the client already sent. The head deadline bounds how long it can take.
-        if self.cycle is None and not self._closed and self._deadline_idle:
-            self.transport.close()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -242,3 +243,57 @@ def test_batch_description_is_relative_and_bounded(tmp_path):
     text = ChangeBatch(7, paths).describe(str(tmp_path))
     assert text == "m0.py, m1.py, m2.py, m3.py, m4.py (+2 more)"
     assert ChangeBatch(1, ("/elsewhere/x.py",)).describe(str(tmp_path)) == "/elsewhere/x.py"
+
+
+# ------------------------------------------------------------------ syntax pre-check
+
+
+def test_syntax_errors_only_when_every_changed_file_fails_to_compile(tmp_path):
+    good, bad, bad2, tpl = (tmp_path / n for n in ("good.py", "bad.py", "bad2.py", "page.html"))
+    good.write_text("x = 1\n")
+    bad.write_text("def f(:\n")
+    bad2.write_text("x = \0\n")  # a null byte: ValueError / SyntaxError from compile()
+    tpl.write_text("<p>{{ x }}</p>\n")
+    errors = rl.syntax_errors([str(bad), str(bad2)])
+    assert errors is not None and len(errors) == 2
+    assert "bad.py" in errors[0] and errors[0].endswith("SyntaxError: invalid syntax")
+    # Anything else in the batch means a reload may help: let the new worker decide.
+    assert rl.syntax_errors([str(bad), str(good)]) is None
+    assert rl.syntax_errors([str(bad), str(tpl)]) is None
+    assert rl.syntax_errors([str(bad), str(tmp_path / "deleted.py")]) is None
+    assert rl.syntax_errors([]) is None
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_batch_with_syntax_errors_is_logged_and_requests_no_reload():
+    reloader = Reloader(WatchOptions((), ("*.py",), (), 0.05, False))
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    reloader._fd, reloader.closed = r, False
+    handler = _Records()
+    logger = logging.getLogger("fastgate.error")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        os.write(w, b'{"count": 1, "paths": ["/p/app.py"], "syntax_errors": ["SyntaxError: invalid syntax"]}\n')
+        assert reloader.read_requests() is False
+        (message,) = handler.messages
+        assert "not reloading, the code does not compile" in message
+        assert message.endswith("SyntaxError: invalid syntax")
+        os.write(w, b'{"count": 1, "paths": ["/p/app.py"]}\n')
+        assert reloader.read_requests() is True
+        assert "1 change detected in /p/app.py: reloading" in handler.messages[1]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        os.close(w)
+        reloader.read_batches()  # EOF: closes the read end

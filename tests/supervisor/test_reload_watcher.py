@@ -185,3 +185,37 @@ def _state(pid: int) -> str | None:
             return f.read().rpartition(")")[2].split()[0]
     except OSError:
         return None
+
+
+def inotify_watches(pid: int) -> int:
+    """Number of inotify watches a process holds (from /proc/PID/fdinfo)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                count += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return count
+
+
+def test_excluded_trees_get_no_inotify_watch(tmp_path, monkeypatch):
+    """Not descending means no kernel watch at all inside .venv or node_modules."""
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "false")
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / ".venv" / "lib" / f"pkg{i}" / "sub").mkdir(parents=True)
+        (src / "node_modules" / f"m{i}" / "lib").mkdir(parents=True)
+        (src / "envs" / "py" / f"d{i}").mkdir(parents=True)
+    (src / "envs" / "py" / "pyvenv.cfg").write_text("home = /usr\n")
+    (src / "pkg" / "sub").mkdir(parents=True)
+    reloader = Reloader(WatchOptions((str(src),), ("*.py",), (), 0.05, False))
+    reloader.start()
+    try:
+        w = Watch(reloader)
+        w.ready()
+        assert reloader.watching == 4  # src, src/envs, src/pkg, src/pkg/sub
+        assert reloader.pid is not None
+        assert inotify_watches(reloader.pid) == 4
+    finally:
+        reloader.stop()
