@@ -170,6 +170,22 @@ def render(results: dict[str, Any], out: Path, chart: bool = True) -> str:
         two_s = (f"{two['procs']} | {two['idle']:.1f}" if two and two["idle"] is not None else "n/a | n/a")
         add(f"| {s} | {procs} | {largest:.1f} | {idle:.1f} | {loaded:.1f} | {two_s} |")
     add("")
+    if results.get("micro"):
+        add("## Micro-benchmark: the per-request path without sockets (`benchmarks/bench_h1.py`)")
+        add("")
+        add("CPU time per request of this process, best of 5 × 50,000: `h1` = H1Connection alone, `cycle` = plus "
+            "scope and RequestCycle with the app driven inline, `protocol` = HttpProtocol on a fake transport in a "
+            "uvloop loop (everything but the kernel), `close` = a new connection per request.")
+        for name, text in results["micro"].items():
+            add("")
+            add(f"{name}:")
+            add("")
+            add("```")
+            add(text)
+            add("```")
+        add("")
+    add("Each optimisation and its measured gain: [OPTIMIZATIONS.md](OPTIMIZATIONS.md).")
+    add("")
     add("## Conditions")
     add("")
     host = results["host"]

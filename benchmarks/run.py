@@ -349,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-python", default=str(HERE / ".venv-peers" / "bin" / "python"))
     p.add_argument("--out", default=None, help="Markdown file to write (default RESULTS.md; quick: results/quick.md)")
     p.add_argument("--note", default="", help="free text added to the conditions section")
+    p.add_argument("--no-micro", action="store_true", help="skip the bench_h1 micro-benchmark")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=KIND:PYTHON",
                    help="another server entry, e.g. fastgate-py3.12=fastgate:/venv312/bin/python (repeatable)")
     args = p.parse_args(argv)
     quick = args.quick
     args.repeats = args.repeats or (1 if quick else 3)
+    args.no_micro = args.no_micro or quick
     args.duration = args.duration or (2 if quick else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
     all_servers = "fastgate,uvicorn,granian,hypercorn,gunicorn"
@@ -429,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
                             print(fmt_line(res), flush=True)
                 except RuntimeError as exc:
                     print(f"{server.name}: {exc}", file=sys.stderr, flush=True)
+    # The sans-I/O / protocol micro-benchmark, for each fastgate interpreter in the run.
+    results["micro"] = {}
+    if not args.no_micro:
+        for server in servers:
+            if server.kind != "fastgate":
+                continue
+            out = subprocess.run([server.python, str(HERE / "bench_h1.py"), "-n", "50000", "--repeat", "5"],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=600,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            results["micro"][server.name] = out.stdout.strip() or out.stderr.strip()[-500:]
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     results["host"]["loadavg_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
