@@ -253,6 +253,11 @@ class H1Connection:
             # An incomplete request: no response is owed (the peer cannot read it reliably).
             self.keep_alive = False
 
+    @property
+    def queued(self) -> int:
+        """How many parsed events wait in the queue (pipelined requests parsed ahead)."""
+        return len(self._events)
+
     def next_event(self) -> Event:
         """The next event, NEED_DATA when more bytes are needed, or PAUSED.
 

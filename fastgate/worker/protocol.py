@@ -26,6 +26,9 @@ from fastgate.worker.websocket import WebSocketProtocol
 # already current. Before 3.12 every request pays a call_soon and a loop iteration.
 EAGER_TASKS = sys.version_info >= (3, 12)
 
+# Bytes of pipelined responses gathered before they are written anyway.
+WRITE_GATHER_LIMIT = 64 * 1024
+
 
 def _address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
@@ -56,6 +59,11 @@ class HttpProtocol(asyncio.Protocol):
         self._closed = False
         self._pending: Callable[[], None] | None = None  # starts the app once the head's events are in
         self._in_events = False
+        # Responses to pipelined requests are gathered here and written together (one send
+        # instead of one per response); None when not gathering. See response_complete.
+        self._wbuf: list[bytes] | None = None
+        self._wbuf_size = 0
+        self._progress = False  # a response completed since the last flush tick
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # status of a probe answer, sent once its request is fully read
 
@@ -140,6 +148,7 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._in_events = False
         if self._eof and self.cycle is None and not self._closed and not self.transport.is_closing():
+            self._flush()
             self.transport.close()  # everything the client sent is answered; nothing more can arrive
 
     def _event_loop(self) -> None:
@@ -250,9 +259,10 @@ class HttpProtocol(asyncio.Protocol):
     def _send_simple(self, status: int, body: bytes) -> None:
         """Answer without the app (probes, overload)."""
         data = self.conn.start_response(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
-        self.transport.write(data)
+        self.write(data)
 
     def _on_bad_request(self, event: BadRequest) -> None:
+        self._flush()
         ctx = self.ctx
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unix"
         ctx.rejections.warning("rejected request from %s: %d %s", client, event.status, event.reason)
@@ -266,6 +276,7 @@ class HttpProtocol(asyncio.Protocol):
         self._close_after_response()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
+        self._flush()
         self._cancel_timer()
         ctx = self.ctx
         if ctx.draining:
@@ -295,7 +306,36 @@ class HttpProtocol(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self._closed:
-            self.transport.write(data)
+            wbuf = self._wbuf
+            if wbuf is None:
+                self.transport.write(data)
+            else:
+                wbuf.append(data)
+                self._wbuf_size += len(data)
+                if self._wbuf_size > WRITE_GATHER_LIMIT:
+                    self._flush()
+
+    def _flush(self) -> None:
+        """Write what was gathered and stop gathering; before any other transport call."""
+        wbuf = self._wbuf
+        if wbuf is not None:
+            self._wbuf = None
+            self._wbuf_size = 0
+            if wbuf and not self._closed:
+                self.transport.write(b"".join(wbuf))
+
+    def _flush_tick(self) -> None:
+        # Runs once per loop iteration while gathering: as long as pipelined responses keep
+        # completing (each request's task runs in the iteration after the previous one
+        # ended) keep gathering; once an iteration brings none, a slow app is at work and
+        # what is ready must go out now.
+        if self._wbuf is None:
+            return
+        if self._progress and self.cycle is not None and self.conn.queued:
+            self._progress = False
+            self.loop.call_soon(self._flush_tick)
+            return
+        self._flush()
 
     async def drain(self) -> None:
         await self.flow.drain()
@@ -309,6 +349,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if not self._closed:
+            self._flush()
             self.transport.close()
 
     def is_closing(self) -> bool:
@@ -324,12 +365,21 @@ class HttpProtocol(asyncio.Protocol):
         if ctx.draining:
             self.conn.keep_alive = False
         if not self.conn.start_next_request():
+            self._flush()
             if self.conn.request_state is RequestState.DONE:
                 self.transport.close()  # the client sent all it meant to: a plain close
             else:
                 self._close_after_response()  # it may still be sending a body we never read
             return
         self.flow.resume_reading()
+        if self.conn.queued:
+            # More pipelined requests are already parsed: gather their responses.
+            self._progress = True
+            if self._wbuf is None:
+                self._wbuf = []
+                self.loop.call_soon(self._flush_tick)
+        elif self._wbuf is not None:
+            self._flush()  # the last of a pipelined batch
         if self._in_events:
             # Answered synchronously from inside _process_events, whose loop goes on with
             # the next request (and closes after the last one on EOF); until one arrives
@@ -340,6 +390,7 @@ class HttpProtocol(asyncio.Protocol):
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self._eof:
+                self._flush()
                 self.transport.close()  # nothing more can arrive
             elif self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
@@ -352,6 +403,7 @@ class HttpProtocol(asyncio.Protocol):
         shut down our side after the response (FIN), discard what keeps coming until the
         client closes, for at most LINGER_SECONDS.
         """
+        self._flush()
         transport = self.transport
         if self._closed or transport.is_closing():
             return

@@ -71,3 +71,32 @@ def test_starlette_with_anyio_middleware_and_streaming(serve):
             r = client.post("/echo", content=b"x" * 100_000)
             assert r.json() == {"length": 100_000}
             assert client.get("/sync").text == "sync"
+
+
+def test_pipelined_responses_gathered_are_not_held_behind_a_waiting_request(serve):
+    # Responses to pipelined requests are written together, but never held back: here the
+    # third request waits for a body the client sends only after reading the first two.
+    server = serve("benchmarks.app:app", "--workers", "0", "--no-access-log")
+    with server.connect(timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /json HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        buf = bytearray()
+        status, _, body, buf = read_response(sock, buf)
+        assert (status, body) == (200, b"Hello, world!")
+        status, _, body, buf = read_response(sock, buf)
+        assert (status, body) == (200, b'{"message": "Hello, world!"}')
+        sock.sendall(b"hello")
+        status, _, body, buf = read_response(sock, buf)
+        assert (status, body) == (200, b"hello")
+
+
+def test_pipelined_mixed_answers_keep_their_order(serve):
+    server = serve("benchmarks.app:app", "--workers", "0", "--no-access-log", "--health-path", "/healthz")
+    reqs = [b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n"] * 5
+    with server.connect(timeout=20) as sock:
+        sock.sendall(b"".join(reqs) + b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = _read_all(sock, len(reqs) + 1)
+    expected = [(200, b"Hello, world!"), (200, b"OK\n"), (200, b"x" * (16 * 65536)),
+                (200, b'{"message": "Hello, world!"}')] * 5 + [(404, b"not found")]
+    assert got == expected
