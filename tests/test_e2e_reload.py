@@ -376,3 +376,17 @@ def test_missing_reload_dir_is_one_line_and_exit_2(serve, app_dir):
     assert server.wait(15) == 2
     assert "fastgate: error: --reload-dir: " in server.output
     assert "Traceback" not in server.output
+
+
+def test_master_never_imports_the_app(serve, app_dir):
+    """Each import of app.py appends the importing pid: never the master's, one per new worker."""
+    log = app_dir / "imports.log"
+    top = f"open({str(log)!r}, 'a').write(str(os.getpid()) + '\\n')"
+    write(app_dir / "app.py", app_source("v0", top=top))
+    server = start_reload(serve, app_dir)
+    _, pid0, _ = parse(get(server))
+    write(app_dir / "app.py", app_source("v1", top=top))
+    _, body = wait_served(server, "v1")
+    importers = [int(x) for x in log.read_text().split()]
+    assert server.pid not in importers
+    assert importers == [pid0, parse(body)[1]]

@@ -514,6 +514,18 @@ def child_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- master side
 
 
+def warm_worker_imports() -> None:
+    """Import the worker's own modules (never the app) in the master, before any fork.
+
+    Every reload forks a new worker; with these already imported it only has to import
+    the app, which takes save-to-serving from about 180 ms to about 110 ms here. This
+    creates no event loop and no thread (uvloop and asyncio are only imported: the
+    loop is made in the child), so the master stays single-threaded and loop-free, and
+    the app itself is still imported fresh by each new worker.
+    """
+    import fastgate.worker.server  # noqa: F401
+
+
 class _WakeUp(Exception):
     """Raised by a signal handler to end ``Reloader.wait_for_change``."""
 

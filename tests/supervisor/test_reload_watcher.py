@@ -219,3 +219,12 @@ def test_excluded_trees_get_no_inotify_watch(tmp_path, monkeypatch):
         assert inotify_watches(reloader.pid) == 4
     finally:
         reloader.stop()
+
+
+def test_atomic_save_by_rename_is_reported(watch):
+    """Editors that write a temporary file and rename it over the original (safe write)."""
+    w, src = watch
+    tmp = src / "app.py.tmp~"
+    tmp.write_text("A = 'renamed into place'\n")
+    os.replace(tmp, src / "app.py")
+    assert w.next_batch().paths == (str(src / "app.py"),)
