@@ -158,17 +158,22 @@ def test_load_during_reloads_sees_no_connection_error(serve, app_dir):
     try:
         pids = set()
         for i in range(1, 6):
+            before = ok[0]
+            # The load is really running across every reload (and the one that ends it).
+            wait_for(lambda: ok[0] >= before + 20, 30, what="requests flowing")  # noqa: B023
             message = f"load {i}"
             write(app_dir / "app.py", app_source(message))
             _, body = wait_served(server, message)
             pids.add(parse(body)[1])
+        before = ok[0]
+        wait_for(lambda: ok[0] >= before + 20, 30, what="requests flowing after the last reload")
     finally:
         stop.set()
         for t in threads:
             t.join(30)
     assert errors == [], errors[:5]
-    assert ok[0] > 50
     assert len(pids) == 5  # every reload brought a new worker
+    print(f"\n{ok[0]} requests during 5 reloads, {len(errors)} failed")
 
 
 BROKEN = {
