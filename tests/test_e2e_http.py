@@ -375,6 +375,7 @@ def test_limit_concurrency(serve: Serve) -> None:
             second.sendall(get("/"))
             status, headers, body, _ = read_response(second)
             assert status == 503 and headers[b"connection"] == b"close"
+            assert closed(second)  # the server closed it: the slot is free again
         first.sendall(get("/"))
         assert read_response(first)[0] == 200
 
@@ -384,3 +385,19 @@ def test_asgi2_app_and_factory(serve: Serve) -> None:
     assert httpx.get(server.url + "/x", timeout=5).text == "asgi2 /x"
     server = serve("tests.apps:http_app_factory", "--workers", "0", "--factory")
     assert httpx.get(server.url + "/", timeout=5).text == "Hello, world!"
+
+
+def test_early_response_to_an_upload_is_not_lost(server: ServerProcess) -> None:
+    # The app answers 413 without reading; the client keeps uploading 8 MiB. Closing at once
+    # would reset the connection and the client would often never see the 413.
+    size = 8 * 1024 * 1024
+    with server.connect(timeout=30) as sock:
+        sock.sendall(b"POST /reject-early HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"u" * 65536
+        try:
+            for _ in range(size // len(chunk)):
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may stop reading after its linger deadline
+        status, headers, body, _ = read_response(sock)
+        assert (status, body) == (413, b"too big") and headers[b"connection"] == b"close"

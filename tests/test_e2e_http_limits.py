@@ -163,7 +163,9 @@ def test_rejection_log_is_rate_limited(serve: Serve) -> None:
     for line in server.output.splitlines():
         if "rejected request" in line:
             per_second[line[:19]] = per_second.get(line[:19], 0) + 1
-    assert max(per_second.values()) <= 10
+    # 10 per limiter window; a wall-clock second overlaps at most two windows.
+    assert max(per_second.values()) <= 20
+    assert sum(per_second.values()) < 40
 
 
 def test_unix_socket_peer_gets_rejections_too(serve: Serve, tmp_path: Path) -> None:

@@ -273,3 +273,20 @@ def test_second_sigint_forces_exit(serve):
         server.signal(signal.SIGINT)
         assert server.wait(20) == 0
         assert time.monotonic() - started < 15
+
+
+def test_worker_that_cannot_drain_is_killed_after_the_graceful_timeout(serve):
+    server = serve("tests.apps:app", "--workers", "1", "--timeout-graceful-shutdown", "1")
+    (worker,) = serving_pids(server, 1)
+    blocked = server.connect(timeout=30)
+    try:
+        blocked.sendall(b"GET /block?seconds=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Whether the block starts before or after SIGTERM, the loop cannot finish the drain.
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.wait_line(rf"Worker {worker} did not exit in time: SIGKILL", 20)
+        assert server.wait(20) == 0
+        assert time.monotonic() - started < 15  # 1 s graceful + margin, not the 60 s block
+    finally:
+        blocked.close()
+    assert not alive(worker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import textwrap
@@ -156,3 +157,28 @@ def test_reload_keeps_a_worker_count_changed_by_sigttin(serve):
         load.wait_requests(50)
     assert load.failures == []
     assert len(serving_pids(server, 2)) == 2
+
+
+def test_sighup_moves_to_new_listen_addresses_and_rolls_them_back_with_a_failed_reload(serve, tmp_path):
+    write_app(tmp_path / "myapp.py", GOOD_APP % "v1")
+    conf = tmp_path / "fastgate.toml"
+    a, b, c = (str(tmp_path / f"{name}.sock") for name in "abc")
+    conf.write_text(f"uds = '{a}'\n")
+    server = serve("myapp:app", "--app-dir", str(tmp_path), "--config", str(conf), "--workers", "2")
+    assert server.unix_path == a
+    generation_ready(server, 1, 2)
+    conf.write_text(f"uds = '{b}'\n")
+    server.signal(signal.SIGHUP)
+    server.wait_line(f"Listening on unix:{b}", 30)
+    server.wait_line("Reload complete", 30)
+    server.unix_path = b
+    assert get(server, "/")[1].startswith(b"v1 ")
+    wait_for(lambda: not os.path.exists(a), 10, what="the old socket closed and removed")
+    # New address and a broken app: the reload fails, the new socket goes, b keeps serving.
+    conf.write_text(f"uds = '{c}'\n")
+    (tmp_path / "myapp.py").write_text("raise ImportError('broken')\n")
+    mark = len(server.lines)
+    server.signal(signal.SIGHUP)
+    server.wait_line("Reload aborted", 30, start=mark)
+    wait_for(lambda: not os.path.exists(c), 10, what="the new socket closed")
+    assert get(server, "/")[1].startswith(b"v1 ")

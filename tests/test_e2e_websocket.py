@@ -176,6 +176,15 @@ def test_client_close_over_raw_socket_is_echoed_then_eof(serve):
     server.wait_line(r"app: disconnect 4003 'raw bye'")
 
 
+def test_dropped_connection_is_disconnect_1006(serve):
+    server = serve(APP, "--workers", "0")
+    client = raw_open(server)
+    client.sock.sendall(frame(TEXT, b"hi"))
+    assert client.read_frame() == (TEXT, True, b"hi")
+    client.sock.close()  # no close frame: the TCP connection just ends
+    server.wait_line(r"app: disconnect 1006 ''")
+
+
 # ------------------------------------------------------------------ protocol errors and limits
 
 

@@ -140,7 +140,9 @@ def read_forwarded(headers: list[tuple[bytes, bytes]], trust: ProxyTrust) -> For
                 fwd.host = chosen["host"].encode("latin-1")
         return fwd
     if b"x-forwarded-for" in found:
-        hops = [h.strip() for v in found[b"x-forwarded-for"] for h in v.decode("latin-1").split(",") if h.strip()]
+        # Some proxies append a port ("203.0.113.7:4711", "[2001:db8::7]:4711"): keep the address.
+        hops = [_node_host(h.strip()) for v in found[b"x-forwarded-for"] for h in v.decode("latin-1").split(",")
+                if h.strip()]
         fwd.client = _rightmost_untrusted(hops, trust)
     if b"x-forwarded-proto" in found:
         fwd.scheme = found[b"x-forwarded-proto"][-1].decode("latin-1").split(",")[-1].strip().lower()
@@ -161,8 +163,9 @@ def read_forwarded(headers: list[tuple[bytes, bytes]], trust: ProxyTrust) -> For
 def apply_forwarded(scope: dict[str, Any], fwd: Forwarded, websocket: bool) -> None:
     """Rewrite a scope in place with what trusted proxies forwarded."""
     if fwd.client:
-        port = scope["client"][1] if scope.get("client") else 0
-        scope["client"] = (fwd.client, port)
+        # The peer's port belongs to the proxy's connection, not to the client: 0 (unknown),
+        # as uvicorn does.
+        scope["client"] = (fwd.client, 0)
     if fwd.scheme in ("http", "https", "ws", "wss"):
         scheme = fwd.scheme
         if websocket:

@@ -281,7 +281,9 @@ class H1Connection:
     # -- httptools callbacks (peer input; raise _Reject to abort) --
 
     def on_message_begin(self) -> None:
-        self._progress = True
+        # No _progress mark here (nor in on_headers_complete / on_message_complete): the
+        # url, header, body and chunk callbacks cover every read that carries real
+        # progress, and this is the hot path.
         self._in_head = True
         self._url = b""
         self._headers = []
@@ -341,7 +343,6 @@ class H1Connection:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._progress = True
         self._in_head = False
         if self._replaying:
             self._replaying = False  # the synthetic head of an ignored upgrade: body follows
@@ -372,7 +373,7 @@ class H1Connection:
         if self._chunked and version == "1.0":
             raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         upgrade = None
-        if parser.should_upgrade():
+        if self._upgrade is not None and parser.should_upgrade():  # llhttp needs an Upgrade field
             if (
                 self._upgrade is not None
                 and self.limits.websocket
@@ -394,7 +395,7 @@ class H1Connection:
             version,
             self._headers,
             parser.should_keep_alive(),
-            self._expect_continue,
+            self._expect_continue and version == "1.1",  # never 100 to HTTP/1.0 (RFC 9110 §10.1.1)
             upgrade,
         )
         if upgrade is not None:
@@ -416,7 +417,6 @@ class H1Connection:
         self._events.append(BodyChunk(body))
 
     def on_message_complete(self) -> None:
-        self._progress = True
         if self._pending_upgrade is None:
             self._events.append(END_OF_REQUEST)
 
@@ -482,6 +482,10 @@ class H1Connection:
             # never the final response the caller is starting here.
             raise LocalProtocolError(f"invalid status code {status!r} for a final response")
         no_body = status in _NO_BODY_STATUS or self._method == "HEAD"
+        if body is not None and self.request_state is not RequestState.DONE:
+            # The whole response goes out before the request body was read: the connection
+            # cannot be reused (start_next_request), so say so.
+            self.keep_alive = False
         content_length: int | None = None
         has_server = has_date = False
         parts = [status_line]

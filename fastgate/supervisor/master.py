@@ -37,6 +37,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastgate import logs, notify
@@ -52,7 +53,9 @@ from fastgate.supervisor.policy import (
     Notify,
     PolicySettings,
     ReleaseSlot,
+    ReloadEnded,
     ReloadRequested,
+    ReloadStarted,
     SendSignal,
     SignalReceived,
     Spawn,
@@ -65,8 +68,8 @@ from fastgate.supervisor.policy import (
     WorkerDraining,
     WorkerReady,
 )
-from fastgate.supervisor.sockets import Listener, bind_all
-from fastgate.supervisor.spawner import ForkSpawner, Spawner
+from fastgate.supervisor.sockets import Listener, bind_all, rebind
+from fastgate.supervisor.spawner import ForkSpawner, Spawner, become_worker
 
 logger = logging.getLogger("fastgate.error")
 
@@ -141,6 +144,8 @@ class Master:
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup_fd = -1
         self._pid_file_written = False
+        self._pending: _PendingConfig | None = None  # read on SIGHUP, applied when the reload starts
+        self._backup: _PendingConfig | None = None  # what a rolled-back reload restores
 
     # ------------------------------------------------------------ entry
 
@@ -214,7 +219,12 @@ class Master:
         self._feed(SignalReceived(sig))
 
     def _reload_config(self) -> PolicySettings | None:
-        """Re-read the configuration for SIGHUP; on error keep the current one."""
+        """Re-read the configuration for SIGHUP; on error keep the current one.
+
+        The new configuration (and any newly bound listeners) wait in ``_pending`` until
+        the policy actually starts the reload (``ReloadStarted``), and are rolled back if
+        the new generation fails (``ReloadEnded(ok=False)``).
+        """
         if self.reread is None:
             return None
         try:
@@ -225,13 +235,52 @@ class Master:
         except SystemExit:
             logger.error("Reload: invalid configuration ignored, keeping the current one")
             return None
+        self._discard_pending()
+        listeners: list[Listener] | None = None
         if new.listeners_changed(self.config):
-            logger.warning("Reload: listen addresses changed; a restart is needed to apply that, "
-                           "keeping the current sockets")
-        if new.log != self.config.log:
-            logs.configure(new.log)
-        self.config = new
+            try:
+                listeners, _ = rebind(new, self.listeners)
+            except BindError as exc:
+                logger.error("Reload: %s; configuration ignored, keeping the current one", exc)
+                return None
+        self._pending = _PendingConfig(new, listeners)
         return policy_settings(new)
+
+    def _discard_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.listeners is not None:
+            for listener in pending.listeners:
+                if all(listener is not current for current in self.listeners):
+                    listener.close()
+
+    def _on_reload_started(self) -> None:
+        pending, self._pending = self._pending, None
+        self._backup = _PendingConfig(self.config, self.listeners)
+        if pending is None:
+            return
+        if pending.config.log != self.config.log:
+            logs.configure(pending.config.log)
+        self.config = pending.config
+        if pending.listeners is not None:
+            for listener in pending.listeners:
+                if all(listener is not old for old in self.listeners):
+                    logger.info("Listening on %s (pid %d)", listener.display, self.pid)
+            self.listeners = pending.listeners
+
+    def _on_reload_ended(self, ok: bool) -> None:
+        backup, self._backup = self._backup, None
+        if backup is None or backup.listeners is None:
+            return
+        keep, drop = (self.listeners, backup.listeners) if ok else (backup.listeners, self.listeners)
+        for listener in drop:
+            if all(listener is not k for k in keep):
+                # Workers that still use it hold their own copies until they exit.
+                listener.close()
+        if not ok:
+            if backup.config.log != self.config.log:
+                logs.configure(backup.config.log)
+            self.config = backup.config
+            self.listeners = backup.listeners
 
     def _feed(self, event: Event) -> None:
         queue: list[Action] = self.policy.handle(event, self.clock())
@@ -249,6 +298,10 @@ class Master:
         elif isinstance(action, CloseListeners):
             for listener in self.listeners:
                 listener.close()
+        elif isinstance(action, ReloadStarted):
+            self._on_reload_started()
+        elif isinstance(action, ReloadEnded):
+            self._on_reload_ended(action.ok)
         elif isinstance(action, ReleaseSlot):
             for listener in self.listeners:
                 listener.release(action.slot)
@@ -263,6 +316,7 @@ class Master:
             handle = self.spawner.spawn(action.slot, action.generation)
         except OSError as exc:
             return self.policy.handle(SpawnFailed(action.wid, str(exc)), self.clock())
+        os.set_blocking(handle.fd, False)  # the loop must never block on one worker
         self.pid_to_wid[handle.pid] = action.wid
         self.wid_to_fd[action.wid] = handle.fd
         self.selector.register(handle.fd, selectors.EVENT_READ, action.wid)
@@ -354,7 +408,8 @@ class Master:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)
-        for listener in self.listeners:
+        self._discard_pending()
+        for listener in self.listeners + (self._backup.listeners or [] if self._backup else []):
             listener.close()
         for wid in list(self.wid_to_fd):
             self._close_pipe(wid)
@@ -395,9 +450,13 @@ class Master:
                 if id(sock) not in keep:
                     sock.close()
         assert self._life_r is not None
-        from fastgate.worker.server import run_worker
+        return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid)
 
-        return run_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid)
+
+@dataclass(slots=True)
+class _PendingConfig:
+    config: Config
+    listeners: list[Listener] | None  # None: the listeners do not change
 
 
 def _noop(signum: int, frame: object) -> None:

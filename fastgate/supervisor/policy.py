@@ -172,11 +172,26 @@ class ReleaseSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadStarted:
+    """A reload begins: workers of ``generation`` use the configuration the reload read."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEnded:
+    """The reload of ``generation`` completed (``ok``) or was rolled back."""
+
+    generation: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     code: int
 
 
-Action = Spawn | SendSignal | Notify | CloseListeners | ReleaseSlot | Exit
+Action = Spawn | SendSignal | Notify | CloseListeners | ReleaseSlot | ReloadStarted | ReloadEnded | Exit
 
 
 # ----------------------------------------------------------------- state
@@ -507,6 +522,7 @@ class Supervisor:
                 self.target = max(1, settings.workers)
             self.settings = settings
         out.append(Notify("RELOADING=1"))
+        out.append(ReloadStarted(self.generation))
         logger.info("Reloading: starting generation %d (%d worker(s))", self.generation, self.target)
         self.pending.clear()
         slots = list(range(self.target))
@@ -536,6 +552,7 @@ class Supervisor:
         logger.info("Reload complete: generation %d serving", self.generation)
         self.reload = None
         self.phase = Phase.RUNNING
+        out.append(ReloadEnded(self.generation, ok=True))
         out.append(Notify("READY=1"))
         self._maybe_run_queued_reload(now, out)
 
@@ -551,6 +568,7 @@ class Supervisor:
         self.target = reload.old_target
         self.reload = None
         self.phase = Phase.RUNNING
+        out.append(ReloadEnded(reload.generation, ok=False))
         out.append(Notify("READY=1"))
         # Slots whose old worker was already retired keep their ready new worker; any
         # slot left empty is refilled by _fill_slots.
@@ -590,7 +608,9 @@ class Supervisor:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.fast_timeout
                 if w.pid is not None:
-                    out.append(SendSignal(w.pid, signal.SIGQUIT, group=True))
+                    # The worker alone: SIGQUIT would make the app's children dump core; they get
+                    # SIGKILL with the rest of the group once the worker is reaped.
+                    out.append(SendSignal(w.pid, signal.SIGQUIT))
             elif w.state is not WorkerState.DRAINING or w.kill_at is None:
                 w.state = WorkerState.DRAINING
                 w.kill_at = now + s.shutdown_delay + s.graceful_timeout + KILL_MARGIN

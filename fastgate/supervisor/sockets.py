@@ -43,6 +43,7 @@ class Listener:
     sock: socket.socket
     kind: str  # "tcp", "unix" or "fd"
     unix_path: str | None = None
+    key: tuple[str, object] | None = None  # the address it was made for (see ``rebind``)
     per_slot: bool = False
     backlog: int = 2048
     slot_socks: dict[int, socket.socket] = field(default_factory=dict)
@@ -265,25 +266,66 @@ def bind_all(
     Raises:
         BindError: one line naming the address and the problem.
     """
-    b = config.bind
     listeners: list[Listener] = []
     try:
-        inherited = systemd_fds(environ)
-        for fd in inherited:
-            listeners.append(Listener(from_fd(fd), "fd"))
-        for kind, value in addresses(config, default=not inherited):
-            if kind == "tcp":
-                host, port = cast("tuple[str, int]", value)
-                reuse = b.reuse_port or per_slot
-                sock = bind_tcp(host, port, b.backlog, reuse, exclusive_probe=not b.reuse_port)
-                listeners.append(Listener(sock, "tcp", per_slot=per_slot, backlog=b.backlog))
-            elif kind == "unix":
-                path = str(value)
-                listeners.append(Listener(bind_unix(path, b.backlog, int(b.uds_mode, 8)), "unix", unix_path=path))
-            else:
-                listeners.append(Listener(from_fd(int(value)), "fd"))  # type: ignore[call-overload]
+        for fd in systemd_fds(environ):
+            listeners.append(Listener(from_fd(fd), "fd", key=("systemd", fd)))
+        listeners.extend(_bind_addresses(config, per_slot, [], systemd=bool(listeners)))
     except BindError:
         for listener in listeners:
             listener.close()
         raise
     return listeners
+
+
+def _bind_addresses(config: Config, per_slot: bool, reuse: list[Listener], *, systemd: bool) -> list[Listener]:
+    """Listeners for the config's addresses; those in ``reuse`` with the same address are kept.
+
+    On BindError, closes only what it bound itself.
+    """
+    b = config.bind
+    by_key = {listener.key: listener for listener in reuse}
+    out: list[Listener] = []
+    fresh: list[Listener] = []
+    try:
+        for kind, value in addresses(config, default=not systemd):
+            key = (kind, value)
+            existing = by_key.pop(key, None)
+            if existing is not None:
+                out.append(existing)
+                continue
+            if kind == "tcp":
+                host, port = cast("tuple[str, int]", value)
+                reuse_port = b.reuse_port or per_slot
+                sock = bind_tcp(host, port, b.backlog, reuse_port, exclusive_probe=not b.reuse_port)
+                listener = Listener(sock, "tcp", key=key, per_slot=per_slot, backlog=b.backlog)
+            elif kind == "unix":
+                path = str(value)
+                sock = bind_unix(path, b.backlog, int(b.uds_mode, 8))
+                listener = Listener(sock, "unix", unix_path=path, key=key)
+            else:
+                listener = Listener(from_fd(int(cast(int, value))), "fd", key=key)
+            fresh.append(listener)
+            out.append(listener)
+    except BindError:
+        for listener in fresh:
+            listener.close()
+        raise
+    return out
+
+
+def rebind(config: Config, current: list[Listener], *, per_slot: bool = True) -> tuple[list[Listener], list[Listener]]:
+    """The listeners a reloaded ``config`` asks for, keeping current sockets whose address is
+    unchanged (so a port-0 or UNIX listener is not re-created) and systemd's sockets.
+
+    Returns:
+        ``(listeners, unused)``: what to serve now, and current listeners no longer asked for.
+
+    Raises:
+        BindError: a new address could not be bound (nothing current is closed).
+    """
+    inherited = [listener for listener in current if listener.key is not None and listener.key[0] == "systemd"]
+    others = [listener for listener in current if listener not in inherited]
+    new = inherited + _bind_addresses(config, per_slot, others, systemd=bool(inherited))
+    unused = [listener for listener in current if all(listener is not n for n in new)]
+    return new, unused

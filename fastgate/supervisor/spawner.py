@@ -10,9 +10,14 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import socket
+
+    from fastgate.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +126,16 @@ class ForkSpawner:
                 break
             out.append((pid, exit_code(status)))
         return out
+
+
+def become_worker(
+    config: Config, sockets: Sequence[socket.socket], *, report_fd: int, parent_fd: int, master_pid: int
+) -> int:  # pragma: no cover - runs in the child
+    """The child's entry into the worker code, imported only after fork.
+
+    The master never imports ``fastgate.worker`` (nor uvloop, nor the app), so each
+    worker starts from fresh imports and the master stays small and loop-free.
+    """
+    from fastgate.worker.server import run_worker
+
+    return run_worker(config, sockets, report_fd=report_fd, parent_fd=parent_fd, master_pid=master_pid)

@@ -49,7 +49,7 @@ class HttpProtocol(asyncio.Protocol):
         self._on_timeout: Any = None
         self._closed = False
         self._eof = False  # the client half-closed: answer what it sent, then close
-        self._answered = False  # the server answered the current request itself (probe)
+        self._probe = 0  # status of a probe answer, sent once its request is fully read
 
     # ------------------------------------------------------------ transport events
 
@@ -131,9 +131,11 @@ class HttpProtocol(asyncio.Protocol):
             elif event is END_OF_REQUEST:
                 if self.cycle is not None:
                     self.cycle.feed_end()
-                elif self._answered:
-                    # A request the server answered itself is now fully read: reuse.
-                    self._answered = False
+                elif self._probe:
+                    # A request the server answers itself, now fully read: the answer goes
+                    # out and the connection stays reusable.
+                    status, self._probe = self._probe, 0
+                    self._send_simple(status, b"OK\n" if status == 200 else b"Unavailable\n")
                     self.response_complete()
                     if self._closed or self.transport.is_closing() or self.cycle is not None:
                         return
@@ -166,9 +168,10 @@ class HttpProtocol(asyncio.Protocol):
             self._answer_probe(head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
-            self.conn.keep_alive = False  # shed this connection, not just this request
+            # Shed the connection, at once (no linger: it would hold the slot longer).
+            self.conn.keep_alive = False
             self._send_simple(503, b"Service Unavailable\n")
-            self.response_complete()
+            self.transport.close()
             return
         scope = build_http_scope(
             head,
@@ -200,11 +203,7 @@ class HttpProtocol(asyncio.Protocol):
             ok = True
         else:
             ok = ctx.ready and not ctx.draining
-        if ok:
-            self._send_simple(200, b"OK\n")
-        else:
-            self._send_simple(503, b"Unavailable\n")
-        self._answered = True  # the connection is reused once the request is fully read
+        self._probe = 200 if ok else 503  # answered at END_OF_REQUEST
 
     def _send_simple(self, status: int, body: bytes) -> None:
         """Answer without the app (probes, overload)."""
@@ -222,7 +221,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.disconnect()
         self.transport.write(self.conn.error_response(event.status, event.reason))
-        self.transport.close()
+        self._close_after_response()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
         self._cancel_timer()
@@ -283,7 +282,10 @@ class HttpProtocol(asyncio.Protocol):
         if ctx.draining:
             self.conn.keep_alive = False
         if not self.conn.start_next_request():
-            self.transport.close()
+            if self.conn.request_state is RequestState.DONE:
+                self.transport.close()  # the client sent all it meant to: a plain close
+            else:
+                self._close_after_response()  # it may still be sending a body we never read
             return
         self.flow.resume_reading()
         self._process_events()
@@ -292,6 +294,25 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.close()  # nothing more can arrive
             elif self.conn.request_state is RequestState.HEAD:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+
+    def _close_after_response(self) -> None:
+        """Close while the client may still be sending (an unread body, a rejected head).
+
+        Closing a socket with unread input makes the kernel send RST, and a client still
+        uploading would then often lose the response we just wrote (RFC 9112 §9.6). So:
+        shut down our side after the response (FIN), discard what keeps coming until the
+        client closes, for at most LINGER_SECONDS.
+        """
+        transport = self.transport
+        if self._closed or transport.is_closing():
+            return
+        if not transport.can_write_eof():  # e.g. TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        self.flow.resume_reading()
+        self._cancel_timer()
+        transport.set_protocol(_Lingering(self, transport))
 
     # ------------------------------------------------------------ drain and timers
 
@@ -371,3 +392,26 @@ class HttpProtocol(asyncio.Protocol):
         else:
             access_logger.info("%s", fmt.line(atoms))
 
+
+
+LINGER_SECONDS = 2.0
+
+
+class _Lingering(asyncio.Protocol):
+    """The last moments of a connection closed by us mid-request: input is discarded
+    until the peer closes or LINGER_SECONDS pass; ``connection_lost`` goes to the owner."""
+
+    def __init__(self, owner: HttpProtocol, transport: Any) -> None:
+        self.owner = owner
+        self.transport = transport
+        self.timer = owner.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done too: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.owner.connection_lost(exc)

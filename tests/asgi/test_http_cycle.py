@@ -10,7 +10,7 @@ import pytest
 
 from fastgate.asgi.http_cycle import HIGH_WATER, ASGIHTTPState, RequestCycle
 from fastgate.errors import ASGIProtocolError, ClientDisconnected
-from fastgate.http.events import END_OF_REQUEST, RequestHead
+from fastgate.http.events import END_OF_REQUEST, NEED_DATA, RequestHead
 from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
 
 
@@ -58,6 +58,8 @@ def make(request: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", **kw: Any) -> tu
     conn.receive_data(request)
     head = conn.next_event()
     assert isinstance(head, RequestHead)
+    while conn.next_event() is not NEED_DATA:  # consume what arrived, as the adapter does
+        pass
     channel = FakeChannel()
     scope = {"type": "http", "method": head.method, "path": "/"}
     cycle = RequestCycle(scope, conn, channel, expect_continue=head.expect_continue, **kw)
@@ -424,3 +426,35 @@ def test_cancelled_mid_body_aborts() -> None:
 
 def test_end_of_request_constant_is_shared() -> None:
     assert repr(END_OF_REQUEST) == "END_OF_REQUEST"
+
+
+def test_peer_eof_gives_disconnect_after_the_body_but_send_still_works() -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+    cycle.feed(b"hi")
+    cycle.feed_end()
+    cycle.peer_closed()  # half-close: the client sent everything and shut its side
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert await receive() == {"type": "http.request", "body": b"hi", "more_body": False}
+        assert await receive() == {"type": "http.disconnect"}
+        await respond(send, b"still answered")
+
+    run(cycle.run(app))
+    assert channel.data.endswith(b"still answered") and channel.completed == 1
+
+
+def test_peer_eof_mid_body_ends_the_wait(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    cycle.feed(b"abc")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["body"] == b"abc"
+        asyncio.get_running_loop().call_soon(cycle.peer_closed)
+        assert await receive() == {"type": "http.disconnect"}
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        # returns mid-body: the peer is gone, so this is not reported as an app bug
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.closed and caplog.text == ""

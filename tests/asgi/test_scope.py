@@ -95,7 +95,7 @@ def test_x_forwarded_from_trusted_peer() -> None:
                     (b"X-Forwarded-Host", b"public.example"), (b"X-Forwarded-Port", b"443"),
                     (b"X-Forwarded-Prefix", b"/app/")])
     s = scope(h, root_path="/r")
-    assert s["client"] == ("203.0.113.7", 5000)
+    assert s["client"] == ("203.0.113.7", 0)
     assert s["scheme"] == "https"
     assert dict(s["headers"])[b"host"] == b"public.example"
     assert s["server"] == ("127.0.0.1", 443)
@@ -123,6 +123,9 @@ def test_rightmost_untrusted_hop_wins_over_spoofed_leftmost() -> None:
     # Repeated header lines are one list.
     h = head(b"/", [(b"X-Forwarded-For", b"6.6.6.6"), (b"X-Forwarded-For", b"203.0.113.7")])
     assert scope(h, trust=trust)["client"][0] == "203.0.113.7"
+    # Ports some proxies append are dropped.
+    h = head(b"/", [(b"X-Forwarded-For", b"6.6.6.6, 203.0.113.7:4711, [2001:db8::1]:80, 10.0.0.1")])
+    assert scope(h, trust=trust)["client"] == ("2001:db8::1", 0)
     # Every hop trusted: the leftmost is the client.
     h = head(b"/", [(b"X-Forwarded-For", b"10.1.1.1, 10.0.0.1")])
     assert scope(h, trust=trust)["client"][0] == "10.1.1.1"

@@ -141,9 +141,10 @@ def render_site(
 class Nginx:
     """A real nginx (Debian's binary) on loopback with a config and prefix under ``tmp``."""
 
-    def __init__(self, tmp: Path, site: str, port: int) -> None:
+    def __init__(self, tmp: Path, site: str, port: int, tls_port: int | None = None) -> None:
         self.tmp = tmp
         self.port = port
+        self.tls_port = tls_port
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "site.conf").write_text(site)
         # As root, nginx workers would switch to "nobody", who cannot enter pytest's

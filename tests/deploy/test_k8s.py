@@ -31,7 +31,7 @@ MANIFESTS = _load_all()
 
 
 def _container() -> dict[str, Any]:
-    containers = MANIFESTS["Deployment"]["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = MANIFESTS["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 

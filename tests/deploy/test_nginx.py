@@ -38,8 +38,7 @@ def nginx_factory(short_tmp: Path) -> Iterator[Callable[..., Nginx]]:
             cert, key = make_cert(short_tmp)
             tls_args = (cert, key, free_port())
         site = render_site(variant, short_tmp / f"nginx{len(started)}", port=port, upstream=upstream, tls=tls_args)
-        nginx = Nginx(short_tmp / f"nginx{len(started)}", site, port)
-        nginx.tls_port = tls_args[2] if tls_args else None  # type: ignore[attr-defined]
+        nginx = Nginx(short_tmp / f"nginx{len(started)}", site, port, tls_args[2] if tls_args else None)
         started.append(nginx)
         return nginx.start()
 
@@ -139,7 +138,7 @@ def test_app_sees_client_address_and_scheme_from_nginx_not_from_the_client(
     assert info["headers"]["x-forwarded-for"] == "127.0.0.2"
     assert "forwarded" not in info["headers"]
 
-    tls_url = f"https://127.0.0.1:{nginx.tls_port}"  # type: ignore[attr-defined]
+    tls_url = f"https://127.0.0.1:{nginx.tls_port}"
     with _spoofing_client(verify=False) as client:
         info = client.get(tls_url + "/whoami", headers={**SPOOF, "X-Forwarded-Proto": "http"}).json()
     assert info["client"][0] == "127.0.0.2"

@@ -165,6 +165,8 @@ def ready(request: bytes = GET, **kw: Any) -> H1Connection:
     conn.receive_data(request)
     head = conn.next_event()
     assert isinstance(head, RequestHead), head
+    while conn.next_event() not in (NEED_DATA, PAUSED):  # consume what arrived, as the adapter does
+        pass
     return conn
 
 
@@ -244,18 +246,18 @@ def test_start_next_request_rules() -> None:
         conn.start_next_request()  # response not ended
     # Response ends before the request body was read: never reused.
     conn = ready(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
-    conn.start_response(413, [], b"too big")
+    assert conn.start_response(413, [], b"too big").endswith(b"connection: close\r\n\r\ntoo big")
     assert conn.request_state is RequestState.BODY
     assert not conn.start_next_request()
     assert not conn.keep_alive
     # Connection: close from the client.
     conn = ready(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert conn.next_event() is END_OF_REQUEST
+    assert conn.request_state is RequestState.DONE
     conn.start_response(200, [], b"")
     assert not conn.start_next_request()
     # The normal case.
     conn = ready()
-    assert conn.next_event() is END_OF_REQUEST
+    assert conn.request_state is RequestState.DONE
     conn.start_response(200, [], b"")
     assert conn.start_next_request()
     assert (conn.request_state, conn.response_state) == (RequestState.HEAD, ResponseState.WAITING)
@@ -267,7 +269,7 @@ def test_receive_eof() -> None:
     conn.receive_eof()
     assert not conn.keep_alive
     conn = ready()
-    assert conn.next_event() is END_OF_REQUEST
+    assert conn.request_state is RequestState.DONE
     conn.receive_eof()  # between requests: nothing is owed, keep_alive untouched
     assert conn.keep_alive
     conn = ready(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
@@ -500,3 +502,10 @@ def test_a_bug_in_a_callback_becomes_a_400(monkeypatch: pytest.MonkeyPatch) -> N
     conn.receive_data(GET)
     event = conn.next_event()
     assert isinstance(event, BadRequest) and event.status == 400 and "bug" in event.reason
+
+
+def test_no_100_continue_for_http10() -> None:
+    conn = H1Connection()
+    conn.receive_data(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx")
+    head = conn.next_event()
+    assert isinstance(head, RequestHead) and not head.expect_continue

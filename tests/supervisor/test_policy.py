@@ -18,7 +18,9 @@ from fastgate.supervisor.policy import (
     Phase,
     PolicySettings,
     ReleaseSlot,
+    ReloadEnded,
     ReloadRequested,
+    ReloadStarted,
     SendSignal,
     SignalReceived,
     Spawn,
@@ -171,6 +173,7 @@ def test_rolling_reload_is_gated_on_ready_and_retires_old_workers_one_by_one():
     old0, old1 = f.boot(2)
     acts = f.feed(SignalReceived(signal.SIGHUP))
     assert Notify("RELOADING=1") in acts
+    assert acts.index(ReloadStarted(2)) < acts.index(spawns(acts)[0])  # config switched before forking
     new = spawns(acts)
     assert [(s.slot, s.generation) for s in new] == [(0, 2), (1, 2)]
     assert signals(acts) == []  # nobody is stopped before a new worker is ready
@@ -181,7 +184,7 @@ def test_rolling_reload_is_gated_on_ready_and_retires_old_workers_one_by_one():
     assert Notify("READY=1") not in acts
     acts = f.ready(new1)
     assert signals(acts) == [(old1, SIGTERM, True)]
-    assert Notify("READY=1") in acts
+    assert Notify("READY=1") in acts and ReloadEnded(2, ok=True) in acts
     assert f.sup.phase is Phase.RUNNING
     f.exited(old0, 0)
     # old1 ignores SIGTERM: SIGKILL after the graceful timeout.
@@ -199,7 +202,7 @@ def test_reload_rolls_back_when_a_new_worker_fails_to_boot():
     new0, new1 = f.pid[new[0].wid], f.pid[new[1].wid]
     acts = f.exited(new0, 4)  # broken app: import error in the new generation
     assert signals(acts) == [(new0, SIGKILL, True), (new1, SIGKILL, True)]
-    assert Notify("READY=1") in acts
+    assert Notify("READY=1") in acts and ReloadEnded(2, ok=False) in acts
     assert f.sup.phase is Phase.RUNNING
     f.exited(new1, -9)
     # The old generation was never told anything and nothing is respawned.
@@ -257,7 +260,7 @@ def test_second_sigint_forces_a_fast_shutdown():
     f = FakeSpawner(workers=1, fast_timeout=2.0)
     (pid,) = f.boot(1)
     assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGTERM, True)]
-    assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGQUIT, True)]
+    assert signals(f.feed(SignalReceived(signal.SIGINT))) == [(pid, SIGQUIT, False)]
     assert signals(f.advance(2.0)) == [(pid, SIGKILL, True)]
     assert f.exited(pid, -9)[-1] == Exit(0)
 
@@ -265,7 +268,7 @@ def test_second_sigint_forces_a_fast_shutdown():
 def test_sigquit_is_fast_and_sigterm_during_it_does_not_slow_it_down():
     f = FakeSpawner(workers=1, fast_timeout=2.0, graceful_timeout=30.0)
     (pid,) = f.boot(1)
-    assert signals(f.feed(SignalReceived(signal.SIGQUIT))) == [(pid, SIGQUIT, True)]
+    assert signals(f.feed(SignalReceived(signal.SIGQUIT))) == [(pid, SIGQUIT, False)]
     assert signals(f.feed(SignalReceived(signal.SIGTERM))) == []
     assert signals(f.advance(2.0)) == [(pid, SIGKILL, True)]
 
@@ -346,3 +349,70 @@ def test_worker_count_from_ttin_survives_a_reload_unless_the_config_changes_it()
     for pid in f.live_pids():
         f.ready(pid)
     assert len(spawns(f.feed(ReloadRequested(PolicySettings(workers=4))))) == 4
+
+
+def test_replacement_that_never_gets_ready_is_killed_and_retried():
+    f = FakeSpawner(workers=1, boot_timeout=5.0)
+    (pid,) = f.boot(1)
+    f.exited(pid, -9)
+    f.advance(0.1)
+    (booting,) = f.live_pids()
+    acts = f.advance(5.0)
+    assert signals(acts) == [(booting, SIGKILL, True)]
+    assert not any(isinstance(a, Exit) for a in acts)  # not fatal once the app has served
+    assert len(spawns(acts)) == 1  # the boot timeout itself spaced the attempts
+    assert spawns(f.exited(booting, -9)) == []
+
+
+def test_reload_to_fewer_workers_retires_all_old_ones():
+    f = FakeSpawner(workers=3)
+    old = f.boot(3)
+    new = spawns(f.feed(ReloadRequested(PolicySettings(workers=1))))
+    assert len(new) == 1
+    acts = f.ready(f.pid[new[0].wid])
+    assert sorted(signals(acts)) == [(pid, SIGTERM, True) for pid in old]
+    for pid in old:
+        f.exited(pid, 0)
+    assert f.live_pids() == [f.pid[new[0].wid]]
+
+
+def test_old_worker_crashing_during_a_reload_is_not_respawned_twice():
+    f = FakeSpawner(workers=2)
+    old0, old1 = f.boot(2)
+    new = spawns(f.feed(SignalReceived(signal.SIGHUP)))
+    f.exited(old1, -9)  # the old worker of slot 1 dies meanwhile
+    for s in new:
+        f.ready(f.pid[s.wid])
+    assert f.sup.phase is Phase.RUNNING
+    f.exited(old0, 0)
+    assert spawns(f.advance(1.0)) == []
+    assert f.live_pids() == sorted(f.pid[s.wid] for s in new)
+
+
+def test_graceful_stop_keeps_the_deadline_of_a_worker_already_draining():
+    f = FakeSpawner(workers=1, graceful_timeout=10.0)
+    (pid,) = f.boot(1)
+    f.feed(WorkerDraining(f.wid[pid]))  # recycling
+    (successor,) = [p for p in f.live_pids() if p != pid]
+    f.advance(5.0)
+    acts = f.feed(SignalReceived(signal.SIGTERM))
+    assert signals(acts) == [(successor, SIGTERM, True)]  # the recycling one drains already
+    assert signals(f.advance(5.0 + KILL_MARGIN)) == [(pid, SIGKILL, True)]
+
+
+def test_worker_spawned_just_before_a_fast_stop_is_killed_once_its_pid_is_known():
+    sup = Supervisor(PolicySettings(workers=1))
+    (spawn,) = sup.handle(Start(), 0.0)
+    assert isinstance(spawn, Spawn)
+    acts = sup.handle(SignalReceived(signal.SIGQUIT), 0.0)
+    assert signals(acts) == []  # no pid yet
+    assert sup.handle(Spawned(spawn.wid, 4242), 0.0) == [SendSignal(4242, SIGKILL, True)]
+    assert sup.handle(ChildExited(spawn.wid, -9), 0.1)[-1] == Exit(0)
+
+
+def test_events_for_unknown_workers_are_ignored():
+    f = FakeSpawner(workers=1)
+    f.boot(1)
+    for event in (WorkerReady(999), WorkerBeat(999), WorkerDraining(999), ChildExited(999, 0),
+                  Spawned(999, 1), SpawnFailed(999, "x")):
+        assert f.feed(event) == []

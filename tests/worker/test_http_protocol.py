@@ -22,6 +22,8 @@ class FakeTransport:
         self.closing = False
         self.aborted = False
         self.reading = True
+        self.half_close = False
+        self.eof_written = False
         self.extra = {"peername": peer, "sockname": local, "socket": None, "sslcontext": None}
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -55,6 +57,15 @@ class FakeTransport:
     def _lost(self) -> None:
         assert self.protocol is not None
         self.protocol.connection_lost(None)
+
+    def can_write_eof(self) -> bool:
+        return self.half_close
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
 
     def take(self) -> bytes:
         data = bytes(self.written)
@@ -382,3 +393,41 @@ def test_json_access_log_record(caplog: pytest.LogCaptureFixture) -> None:
         run(main)
     record = next(r for r in caplog.records if r.name == "fastgate.access")
     assert record.access["s"] == 200 and record.access["U"] == "/"  # type: ignore[attr-defined]
+
+
+def test_early_response_lingers_while_the_client_uploads() -> None:
+    async def main() -> None:
+        ctx = make_ctx()
+        transport = FakeTransport()
+        transport.half_close = True
+        protocol, transport = connect(ctx, transport)
+        protocol.data_received(b"POST /reject-early HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nabc")
+        await until(lambda: transport.eof_written)
+        assert transport.take().startswith(b"HTTP/1.1 413 ")
+        assert not transport.closing  # not yet: a close now would reset the upload
+        lingering = transport.protocol
+        assert lingering is not protocol and lingering is not None
+        lingering.data_received(b"x" * 50000)  # discarded
+        assert lingering.eof_received() is None
+        transport.close()
+        await until(lambda: protocol not in ctx.connections)
+
+    run(main)
+
+
+def test_linger_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastgate.worker import protocol as protocol_module
+
+    monkeypatch.setattr(protocol_module, "LINGER_SECONDS", 0.05)
+
+    async def main() -> None:
+        ctx = make_ctx()
+        transport = FakeTransport()
+        transport.half_close = True
+        protocol, transport = connect(ctx, transport)
+        protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")  # 400: maybe more is coming
+        assert transport.eof_written and not transport.closing
+        await until(lambda: transport.closing)
+        await until(lambda: protocol not in ctx.connections)
+
+    run(main)

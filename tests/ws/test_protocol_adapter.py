@@ -167,7 +167,10 @@ async def test_full_queue_pauses_the_transport_and_pings_wait_for_it():
     assert ws.session.is_open and not transport.closed
     release.set()
     await until(lambda: transport.reading)
-    assert ws.session.is_open
+    # Reading again and the (deaf) client still owes its pong: now the timeout applies.
+    await until(lambda: ws.session.disconnected)
+    client.read(transport)
+    assert client.protocol.close_rcvd is not None and client.protocol.close_rcvd.code == 1011
 
 
 @async_test
