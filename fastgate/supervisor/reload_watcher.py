@@ -143,6 +143,19 @@ class WatchFilter:
             return True
         return not ENV_MARKERS.isdisjoint(entries)
 
+    def in_environment(self, path: str) -> bool:
+        """Whether a directory between ``path`` and its watched root is a Python environment.
+
+        One ``stat`` per level: only used for the few paths of a change batch.
+        """
+        root = self._root_of(os.path.abspath(path))
+        d = os.path.dirname(os.path.abspath(path))
+        while root is not None and d != root and len(d) > len(root):
+            if any(os.path.exists(os.path.join(d, marker)) for marker in ENV_MARKERS):
+                return True
+            d = os.path.dirname(d)
+        return False
+
     def __call__(self, change: object, path: str) -> bool:
         """Whether a change of the file ``path`` should trigger a reload.
 
@@ -431,21 +444,26 @@ def watch_forever(opts: WatchOptions, out_fd: int) -> int:
                 continue
             changed: set[str] = set()
             new_dirs: list[str] = []
+            env_appeared = False
             for change, path in raw:
-                if change == Change.added and os.path.isdir(path):
+                if os.path.basename(path) in ENV_MARKERS:
+                    # A directory just became a virtual environment (``python -m venv``
+                    # writes pyvenv.cfg after making its directories): stop watching it.
+                    env_appeared = True
+                elif change == Change.added and os.path.isdir(path):
                     if not filt.exclude_dir(path):
                         new_dirs.append(path)
-                elif filt.match_file(path):
+                elif filt.match_file(path) and not filt.in_environment(path):
                     changed.add(path)
-            if new_dirs:
-                # Watch the new directories first, then look at what they already hold:
-                # files written before the new watcher started are found by the scan,
-                # files written after it by the watcher.
+            if new_dirs or env_appeared:
+                # Watch the new directory list first, then look at what the new directories
+                # already hold: files written before the new watcher started are found by
+                # the scan, files written after it by the watcher.
                 old, watcher = watcher, start(walk_dirs(filt))
                 late = old.watch(1, 1, 1, None)
                 old.close()
                 if not isinstance(late, str):
-                    changed.update(p for _, p in late if filt.match_file(p))
+                    changed.update(p for _, p in late if filt.match_file(p) and not filt.in_environment(p))
                 changed.update(files_in(filt, walk_dirs(filt, new_dirs)))
             if changed:
                 _invalidate_bytecode(changed)

@@ -299,3 +299,14 @@ def test_batch_with_syntax_errors_is_logged_and_requests_no_reload():
         logger.setLevel(old_level)
         os.close(w)
         reloader.read_batches()  # EOF: closes the read end
+
+
+def test_in_environment_checks_markers_between_file_and_root(tmp_path):
+    make_tree(tmp_path, ["env/pyvenv.cfg", "env/lib/x.py", "conda/conda-meta/", "conda/lib/y.py", "pkg/z.py"])
+    f = filt(tmp_path)
+    assert f.in_environment(str(tmp_path / "env/lib/x.py"))
+    assert f.in_environment(str(tmp_path / "conda/lib/y.py"))
+    assert not f.in_environment(str(tmp_path / "pkg/z.py"))
+    assert not f.in_environment(str(tmp_path / "app.py"))
+    # The root itself is never an excluded environment (a --reload-dir inside a venv is watched).
+    assert not filt(tmp_path / "env").in_environment(str(tmp_path / "env/lib/x.py"))
