@@ -99,15 +99,24 @@ def test_lifespan_on_requires_support_auto_tolerates(serve: Serve) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_shutdown_finishes_in_flight_and_closes_idle(serve: Serve, sig: int) -> None:
-    server = serve(APP, "--workers", "0")
+    server = serve(APP, "--workers", "0", "--timeout-keep-alive", "1")
     idle = server.connect(timeout=15)
     idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert read_response(idle)[0] == 200
+    reused = server.connect(timeout=15)
+    reused.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(reused)[0] == 200
     busy = server.connect(timeout=15)
     busy.sendall(b"GET /announce-slow?delay=1.5 HTTP/1.1\r\nHost: t\r\n\r\n")
     server.wait_line("slow request started")
     server.signal(sig)
-    # The idle keep-alive connection is closed at once ...
+    server.wait_line("Shutting down")
+    # An idle keep-alive connection reused during the drain (a proxy's pool does this) is
+    # answered, told to close, not reset ...
+    reused.sendall(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    status, headers, body, _ = read_response(reused)
+    assert (status, body, headers[b"connection"]) == (200, b"hi", b"close")
+    # ... one left idle is closed at the end of its keep-alive window (1 s here) ...
     assert recv_until_closed(idle) == b""
     # ... new connections are refused once the listener closed ...
     wait_for(lambda: _refused(server), timeout=10, what="listener closed")
@@ -117,6 +126,7 @@ def test_graceful_shutdown_finishes_in_flight_and_closes_idle(serve: Serve, sig:
     assert server.wait(30) == 0
     assert "lifespan shutdown complete" in server.output
     idle.close()
+    reused.close()
     busy.close()
 
 

@@ -98,6 +98,9 @@ def app_dir(tmp_path: Path) -> Path:
 def start_reload(serve, app_dir: Path, *extra: str) -> ServerProcess:
     server = serve("app:app", "--app-dir", str(app_dir), "--reload", *extra, cwd=str(app_dir))
     server.wait_line(WATCHING, 30)
+    # Every first-generation worker must be up before a test edits the code, or a slow
+    # worker would boot the edited file and no reload would be needed at all.
+    server.wait_line(r"All \d+ worker\(s\) ready", 30)
     return server
 
 

@@ -10,7 +10,15 @@ import time
 import pytest
 
 from tests.server import recv_until_closed, wait_for
-from tests.supervisor.util import READY_RE, LoadClient, alive, children, serving_pids
+from tests.supervisor.util import (
+    READY_RE,
+    LoadClient,
+    alive,
+    children,
+    listening_inodes,
+    serving_pids,
+    socket_inodes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +38,7 @@ def test_kill_9_of_a_worker_under_load_is_replaced(serve):
     server = serve("tests.apps:app", "--workers", "2")
     old = serving_pids(server, 2)
     victim = min(old)
+    victim_socket = socket_inodes(victim) & listening_inodes(server.port)
     with LoadClient(server, threads=4) as load:
         load.wait_requests(50)
         killed_at = time.monotonic()
@@ -41,6 +50,8 @@ def test_kill_9_of_a_worker_under_load_is_replaced(serve):
     print(f"kill -9 -> replacement serving: {served_after:.3f}s; sent {load.sent}, failed {len(load.failures)}")
     assert not alive(victim)
     assert children(server.pid) == (old - {victim}) | {new_pid}
+    # The replacement serves the dead worker's slot socket: its queue was never dropped.
+    assert socket_inodes(new_pid) & listening_inodes(server.port) == victim_socket
     server.wait_line(rf"Worker {victim} exited unexpectedly \(signal 9\)")
 
 

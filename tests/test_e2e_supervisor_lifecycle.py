@@ -22,8 +22,10 @@ from tests.supervisor.util import (
     children,
     get,
     kill_all,
+    listening_inodes,
     python_fastgate,
     serving_pids,
+    socket_inodes,
 )
 
 pytestmark = pytest.mark.e2e
@@ -228,8 +230,13 @@ def test_shutdown_delay_reports_not_ready_while_still_serving(serve):
 
 def test_keep_alive_connections_spread_across_workers(serve):
     server = serve("tests.apps:app", "--workers", "2")
-    worker_count(server, 2)
+    a, b = worker_count(server, 2)
     server.wait_line("All 2 worker\\(s\\) ready", 20)
+    # The mechanism: one SO_REUSEPORT listening socket per worker slot, all kept by the master.
+    listening = listening_inodes(server.port)
+    mine_a, mine_b = socket_inodes(a) & listening, socket_inodes(b) & listening
+    assert len(mine_a) == len(mine_b) == 1 and mine_a != mine_b
+    assert socket_inodes(server.pid) & listening == mine_a | mine_b
     socks = [server.connect(timeout=10) for _ in range(64)]
     try:
         per_pid: Counter[int] = Counter()

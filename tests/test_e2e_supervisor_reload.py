@@ -72,7 +72,8 @@ def test_sighup_with_a_broken_app_keeps_the_old_workers_serving(serve, tmp_path)
     for _ in range(20):
         status, body = get(server, "/")
         assert status == 200 and body.startswith(b"v1 ")
-    assert children(server.pid) == old
+    # The failed new workers were killed; once reaped only the old ones are left.
+    wait_for(lambda: children(server.pid) == old, 20, what="only the old workers")
     # The app is fixed: the next SIGHUP imports the new code in fresh workers.
     write_app(tmp_path / "myapp.py", GOOD_APP % "v2")
     mark = len(server.lines)

@@ -51,6 +51,7 @@ from fastgate.supervisor.policy import (
     Event,
     Exit,
     Notify,
+    Phase,
     PolicySettings,
     ReleaseSlot,
     ReloadEnded,
@@ -212,7 +213,8 @@ class Master:
         if sig == signal.SIGCHLD:
             return  # reaping happens on every iteration
         if sig == signal.SIGHUP:
-            self._feed(ReloadRequested(self._reload_config()))
+            if self.policy.phase not in (Phase.STOPPING, Phase.EXITED):  # no config reading while stopping
+                self._feed(ReloadRequested(self._reload_config()))
             return
         if sig == signal.SIGUSR1:
             logs.reopen_files()

@@ -8,7 +8,9 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
@@ -19,6 +21,10 @@ from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
 from fastgate.worker.websocket import WebSocketProtocol
+
+# Python 3.12 can start a task eagerly: its first step runs inside create, with the task
+# already current. Before 3.12 every request pays a call_soon and a loop iteration.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -48,6 +54,8 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
         self._on_timeout: Any = None
         self._closed = False
+        self._pending: Callable[[], None] | None = None  # starts the app once the head's events are in
+        self._in_events = False
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # status of a probe answer, sent once its request is fully read
 
@@ -121,6 +129,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ event dispatch
 
     def _process_events(self) -> None:
+        # A response that completes synchronously (a probe, or an app run by an eager task)
+        # calls response_complete from inside this loop: the loop, not a recursive call,
+        # then moves on to the next pipelined request, so the stack stays flat.
+        if self._in_events:
+            return
+        self._in_events = True
+        try:
+            self._event_loop()
+        finally:
+            self._in_events = False
+
+    def _event_loop(self) -> None:
         conn = self.conn
         while True:
             event = conn.next_event()
@@ -143,12 +163,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
                     return
-            elif event is NEED_DATA:
-                return
-            elif event is PAUSED:
-                # A pipelined request waits for the current response: stop reading so the
-                # queue stays bounded (RFC 9112 §9.3.2).
-                self.flow.pause_reading()
+            elif event is NEED_DATA or event is PAUSED:
+                # The app starts once the events at hand are consumed, so that a response
+                # completing at once finds its request complete (END_OF_REQUEST seen) and
+                # the connection reusable.
+                start = self._pending
+                if start is not None:
+                    self._pending = None
+                    start()
+                    if self.cycle is None and not self._closed and not self.transport.is_closing():
+                        continue  # answered already: the next pipelined request may go
+                if event is PAUSED:
+                    # A pipelined request waits for the current response: stop reading so
+                    # the queue stays bounded (RFC 9112 §9.3.2).
+                    self.flow.pause_reading()
                 return
             elif cls is BadRequest:
                 self._on_bad_request(event)  # type: ignore[arg-type]
@@ -195,7 +223,19 @@ class HttpProtocol(asyncio.Protocol):
         if self._eof:
             cycle.peer_closed()
         self.cycle = cycle
-        self.task = self.loop.create_task(cycle.run(ctx.app))
+        self._pending = self._start_app
+
+    def _start_app(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        if EAGER_TASKS:
+            # The app runs now, up to its first real suspension, and usually to the end:
+            # no call_soon and loop iteration per request. It is still a Task, so
+            # asyncio.current_task() (anyio cancel scopes) sees the same task throughout.
+            coro = cycle.run(self.ctx.app)
+            self.task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        else:
+            self.task = self.loop.create_task(cycle.run(self.ctx.app))
 
     def _answer_probe(self, head: RequestHead) -> None:
         ctx = self.ctx
@@ -288,6 +328,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._close_after_response()  # it may still be sending a body we never read
             return
         self.flow.resume_reading()
+        if self._in_events:
+            # Answered synchronously from inside _process_events, whose loop goes on with
+            # the next request; until one arrives the connection is idle.
+            self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+            return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self._eof:
@@ -317,13 +362,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ drain and timers
 
     def shutdown(self) -> None:
-        """Graceful drain: close if idle, otherwise close after the current response."""
+        """Graceful drain: no new request on this connection will be kept alive.
+
+        Nothing is closed here. A connection idle between requests is left to its own
+        keep-alive deadline: a client (typically a proxy's connection pool) may be sending
+        a request on it at this very moment, and closing would reset that request, which a
+        proxy cannot retry when it is a POST. Proxies keep their idle timeout below ours
+        (deploy/nginx: 4 s < 5 s), so they close first. A request arriving meanwhile is
+        answered with ``connection: close``; an in-flight one closes after its response; a
+        just-accepted connection gets its first request answered. The drain deadline
+        (``--timeout-graceful-shutdown``) bounds all of it.
+        """
         self.conn.keep_alive = False
-        # Close only connections idle between requests. One that has not sent its first
-        # request yet (just accepted) gets it answered: closing it would reset a request
-        # the client already sent. The head deadline bounds how long it can take.
-        if self.cycle is None and not self._closed and self._deadline_idle:
-            self.transport.close()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""

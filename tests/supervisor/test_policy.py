@@ -416,3 +416,53 @@ def test_events_for_unknown_workers_are_ignored():
     for event in (WorkerReady(999), WorkerBeat(999), WorkerDraining(999), ChildExited(999, 0),
                   Spawned(999, 1), SpawnFailed(999, "x")):
         assert f.feed(event) == []
+
+
+def test_next_deadline_is_the_earliest_boot_health_or_kill_deadline():
+    f = FakeSpawner(workers=2, boot_timeout=20.0, healthcheck_timeout=10.0, graceful_timeout=3.0)
+    f.feed(Start())
+    a, b = f.live_pids()
+    assert f.sup.next_deadline() == 20.0  # both booting
+    f.now = 1.0
+    f.ready(a)
+    assert f.sup.next_deadline() == 11.0  # a's heartbeat deadline
+    f.feed(SignalReceived(signal.SIGTTOU))  # retires slot 1 (b): SIGKILL due at 1 + 3 + margin
+    assert f.sup.next_deadline() == 1.0 + 3.0 + KILL_MARGIN
+
+
+def test_new_worker_recycling_during_a_reload_does_not_block_its_completion():
+    f = FakeSpawner(workers=2)
+    f.boot(2)
+    new = [f.pid[s.wid] for s in spawns(f.feed(SignalReceived(signal.SIGHUP)))]
+    f.ready(new[0])
+    f.feed(WorkerDraining(f.wid[new[0]]))  # hit --limit-max-requests already
+    acts = f.ready(new[1])
+    assert ReloadEnded(2, ok=True) in acts
+    assert f.sup.phase is Phase.RUNNING
+
+
+def test_a_worker_sharing_a_released_slot_keeps_the_slot_sockets():
+    f = FakeSpawner(workers=1)
+    (a,) = f.boot(1)
+    f.feed(SignalReceived(signal.SIGTTIN))
+    b = f.live_pids()[1]
+    f.ready(b)
+    f.feed(SignalReceived(signal.SIGHUP))  # generation 2 also has a worker in slot 1
+    new = [p for p in f.live_pids() if p not in (a, b)]
+    for pid in new:
+        f.ready(pid)
+    f.feed(SignalReceived(signal.SIGTTOU))  # slot 1 goes: its new worker is retired
+    assert f.exited(b, 0) == [SendSignal(b, SIGKILL, True)]  # new[1] still holds slot 1
+    assert ReleaseSlot(1) in f.exited(new[1], -9)  # a crash of a retired worker: no respawn
+    assert spawns(f.advance(1.0)) == []
+
+
+def test_unknown_signals_and_reloads_while_stopping_are_ignored():
+    f = FakeSpawner(workers=1)
+    (pid,) = f.boot(1)
+    assert f.feed(SignalReceived(signal.SIGWINCH)) == []
+    f.feed(SignalReceived(signal.SIGTERM))
+    assert f.feed(ReloadRequested(PolicySettings(workers=3))) == []
+    assert f.feed(SignalReceived(signal.SIGTTIN)) == []
+    assert f.exited(pid, 0)[-1] == Exit(0)
+    assert f.feed(Tick()) == []  # exited: nothing more

@@ -150,3 +150,32 @@ def kill_all(pids: set[int] | list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    out: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                out.add(int(fields[9]))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of every socket ``pid`` has open."""
+    out: set[int] = set()
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
