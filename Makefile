@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast lint types bench bench-quick clean
+.PHONY: install run test test-fast lint types bench bench-quick bench-tools clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,28 @@ lint: $(VENV)/.installed-test
 
 types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
+
+# Benchmarks: the peers live in their own venv so they never leak into fastgate's.
+PEERS_VENV ?= benchmarks/.venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+
+$(PEERS_VENV)/.installed: benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet --upgrade pip
+	$(PEERS_PY) -m pip install --quiet -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "make bench: wrk is not installed and installing it needs root: skipping the install;" \
+	            "run 'sudo apt-get install wrk' and re-run"; fi; }
+
+bench: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
+	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY)
+
+bench-quick: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
+	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

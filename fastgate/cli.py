@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     from fastgate.runner import run
 
-    return run(config)
+    # SIGHUP re-reads the same command line with the environment and config file of the moment.
+    return run(config, reread=lambda: parse_args(argv)[0])
 
 
 def entry_point() -> None:

@@ -493,6 +493,9 @@ def validate(config: Config) -> None:
     positive("--shutdown-delay", p.shutdown_delay, allow_zero=True)
     positive("--timeout-lifespan", config.app.timeout_lifespan)
     positive("--reload-delay", config.reload.reload_delay, allow_zero=True)
+    if config.reload.reload and p.workers == 0:
+        raise ConfigError("--reload: needs the master, which restarts worker processes; use --workers 1 "
+                          "(or more) with --reload, or drop --reload to run in one process")
     if config.app.root_path and not config.app.root_path.startswith("/"):
         raise ConfigError(f"--root-path: must start with '/' (got {config.app.root_path!r})")
 

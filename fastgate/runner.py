@@ -2,13 +2,80 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastgate import logs
 from fastgate.config import Config
 
 
-def run(config: Config) -> int:
-    """Run fastgate with ``config``; returns the process exit code."""
-    logs.configure(config.log)
-    from fastgate.worker.server import run_single
+def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
+    """Run fastgate with ``config``; returns the process exit code.
 
-    return run_single(config)
+    Args:
+        config: the configuration.
+        reread: how to load the configuration again on SIGHUP (the CLI passes one that
+            re-parses the original command line with the current environment and file).
+
+    ``--workers 0`` runs a single process without a master (for debuggers); otherwise a
+    master supervises ``--workers`` forked workers, even when that is one.
+    """
+    logs.configure(config.log)
+    if config.process.workers == 0:
+        from fastgate.worker.server import run_single
+
+        return run_single(config)
+    from fastgate.supervisor.master import Master
+
+    if not config.reload.reload:
+        return Master(config, reread=reread).run()
+    return _run_reload(config, reread)
+
+
+def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
+    """``--reload``: the master plus a file watcher child whose reports trigger reloads.
+
+    The master still never imports the app, so every new worker imports fresh code. If
+    the app cannot start at all (first generation fails to import or boot), the error has
+    been printed: instead of exiting, wait for the next change and start again, so the
+    edit-save loop survives broken code at startup too.
+    """
+    import signal
+    import sys
+
+    from fastgate.errors import EXIT_APP_LOAD_FAILED, EXIT_BOOT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
+    from fastgate.logs import error_logger
+    from fastgate.supervisor.master import Master
+    from fastgate.supervisor.policy import Phase
+    from fastgate.supervisor.reload import Reloader, watch_options
+
+    try:
+        options = watch_options(config.reload, config.app.app_dir)
+    except ConfigError as exc:
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # Between two masters (waiting for a fix) SIGTERM stops like Ctrl-C and SIGHUP must
+    # not kill the process. Each Master restores these handlers when it returns, so there
+    # is no window with the default actions.
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    reloader = Reloader(options)
+    reloader.start()
+    try:
+        while True:
+            master = Master(config, reread=reread, reload_source=reloader)
+            code = master.run()
+            policy = master.policy
+            app_never_started = (code in (EXIT_APP_LOAD_FAILED, EXIT_BOOT_FAILED)
+                                 and policy.phase is Phase.EXITED and not policy.ever_ready)
+            if not app_never_started or reloader.closed:
+                return code
+            error_logger.error("The app could not start: fix it and save; waiting for a change (Ctrl-C to quit)")
+            if not reloader.wait_for_change():
+                return code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        reloader.stop()

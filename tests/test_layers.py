@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastgate"
 
-LEAF = {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.logging", "fastgate.ipc",
+LEAF = {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.logging", "fastgate.ipc", "fastgate.notify",
         "fastgate.asgi.types", "fastgate.asgi.channel"}
 
 # What each layer may import from fastgate (module-level imports). A module's own package

@@ -12,9 +12,11 @@ from fastgate.asgi.types import ASGIApp
 from fastgate.config import Config, parse_networks
 from fastgate.http.h1 import DefaultHeaders, H1Limits
 from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
+from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 
 if TYPE_CHECKING:
     from fastgate.worker.protocol import HttpProtocol
+    from fastgate.worker.websocket import WebSocketProtocol
 
 
 class WorkerContext:
@@ -52,7 +54,9 @@ class WorkerContext:
         self.ready_path = http.ready_path.encode() if http.ready_path else None
 
         self.connections: set[HttpProtocol] = set()
-        self.websockets: set[Any] = set()
+        self.websockets: set[WebSocketProtocol] = set()
+        self.sweeper = DeadlineSweeper(self.connections, sweep_interval(self.timeout_keep_alive,
+                                                                           self.timeout_request_header))
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self.ready = False
@@ -73,6 +77,15 @@ class WorkerContext:
 
     def unregister(self, protocol: HttpProtocol) -> None:
         self.connections.discard(protocol)
+        if not self.connections and not self.websockets:
+            self.all_closed.set()
+
+    def register_websocket(self, protocol: WebSocketProtocol) -> None:
+        self.websockets.add(protocol)
+        self.all_closed.clear()
+
+    def unregister_websocket(self, protocol: WebSocketProtocol) -> None:
+        self.websockets.discard(protocol)
         if not self.connections and not self.websockets:
             self.all_closed.set()
 

@@ -8,17 +8,23 @@ close) and implements ``Channel`` for the cycle.
 from __future__ import annotations
 
 import asyncio
-import socket
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
-from fastgate.asgi.scope import build_http_scope
+from fastgate.asgi.scope import build_http_scope, build_websocket_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import FlowControl
+from fastgate.worker.websocket import WebSocketProtocol
+
+# Python 3.12 can start a task eagerly: its first step runs inside create, with the task
+# already current. Before 3.12 every request pays a call_soon and a loop iteration.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def _address(info: Any) -> tuple[str, int] | None:
@@ -42,9 +48,14 @@ class HttpProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self.proxy_trusted = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_is_idle = False  # idle keep-alive timer (reset by new bytes) vs head deadline (never reset)
+        # Loop time at which the pending timeout fires (0.0: none), checked by the worker's
+        # DeadlineSweeper: cheaper than a call_later per request.
+        self.deadline = 0.0
+        self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
+        self._on_timeout: Any = None
         self._closed = False
+        self._pending: Callable[[], None] | None = None  # starts the app once the head's events are in
+        self._in_events = False
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # status of a probe answer, sent once its request is fully read
 
@@ -55,7 +66,6 @@ class HttpProtocol(asyncio.Protocol):
         self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
-        sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.client = _address(peer)
@@ -66,20 +76,24 @@ class HttpProtocol(asyncio.Protocol):
             self.scheme = "https"
         trust = ctx.trust
         if trust.enabled:
-            unix = sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+            # A UNIX-socket connection's sockname is the path (str); no need to fetch the socket
+            # object (uvloop builds a wrapper for it).
+            unix = isinstance(local, str)
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
-        if ctx.draining:
-            transport.close()
-            return
+        # Accepted while draining (the accept raced the listener close): the client has
+        # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
+        ctx.sweeper.wake(self.loop)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
-        if self._timer_is_idle:
-            self._cancel_timer()  # a new request is arriving on a kept-alive connection
+        if self._deadline_idle:
+            # A new request is arriving on a kept-alive connection (inlined _cancel_timer).
+            self.deadline = 0.0
+            self._deadline_idle = False
         self._process_events()
-        if self._timer is None and self.cycle is None and conn.request_state is RequestState.HEAD:
+        if self.deadline == 0.0 and self.cycle is None and conn.request_state is RequestState.HEAD:
             # Part of a head arrived: the client now has a deadline to finish it, which
             # further bytes do not extend (slowloris).
             if not self._closed and not self.transport.is_closing():
@@ -115,6 +129,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ event dispatch
 
     def _process_events(self) -> None:
+        # A response that completes synchronously (a probe, or an app run by an eager task)
+        # calls response_complete from inside this loop: the loop, not a recursive call,
+        # then moves on to the next pipelined request, so the stack stays flat.
+        if self._in_events:
+            return
+        self._in_events = True
+        try:
+            self._event_loop()
+        finally:
+            self._in_events = False
+
+    def _event_loop(self) -> None:
         conn = self.conn
         while True:
             event = conn.next_event()
@@ -137,12 +163,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
                 if self._closed or self.transport.is_closing():
                     return
-            elif event is NEED_DATA:
-                return
-            elif event is PAUSED:
-                # A pipelined request waits for the current response: stop reading so the
-                # queue stays bounded (RFC 9112 §9.3.2).
-                self.flow.pause_reading()
+            elif event is NEED_DATA or event is PAUSED:
+                # The app starts once the events at hand are consumed, so that a response
+                # completing at once finds its request complete (END_OF_REQUEST seen) and
+                # the connection reusable.
+                start = self._pending
+                if start is not None:
+                    self._pending = None
+                    start()
+                    if self.cycle is None and not self._closed and not self.transport.is_closing():
+                        continue  # answered already: the next pipelined request may go
+                if event is PAUSED:
+                    # A pipelined request waits for the current response: stop reading so
+                    # the queue stays bounded (RFC 9112 §9.3.2).
+                    self.flow.pause_reading()
                 return
             elif cls is BadRequest:
                 self._on_bad_request(event)  # type: ignore[arg-type]
@@ -152,7 +186,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def _on_request(self, head: RequestHead) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # inlined _cancel_timer
+        self._deadline_idle = False
         ctx = self.ctx
         if ctx.draining:
             self.conn.keep_alive = False
@@ -188,7 +223,19 @@ class HttpProtocol(asyncio.Protocol):
         if self._eof:
             cycle.peer_closed()
         self.cycle = cycle
-        self.task = self.loop.create_task(cycle.run(ctx.app))
+        self._pending = self._start_app
+
+    def _start_app(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        if EAGER_TASKS:
+            # The app runs now, up to its first real suspension, and usually to the end:
+            # no call_soon and loop iteration per request. It is still a Task, so
+            # asyncio.current_task() (anyio cancel scopes) sees the same task throughout.
+            coro = cycle.run(self.ctx.app)
+            self.task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        else:
+            self.task = self.loop.create_task(cycle.run(self.ctx.app))
 
     def _answer_probe(self, head: RequestHead) -> None:
         ctx = self.ctx
@@ -217,9 +264,30 @@ class HttpProtocol(asyncio.Protocol):
         self._close_after_response()
 
     def _on_upgrade(self, event: UpgradeRequest) -> None:
-        # WebSocket support lands with its own protocol; until then refuse clearly.
-        self.transport.write(self.conn.error_response(501, "WebSocket is not supported by this build"))
-        self.transport.close()
+        self._cancel_timer()
+        ctx = self.ctx
+        if ctx.draining:
+            self.transport.write(self.conn.error_response(503, "shutting down"))
+            self.transport.close()
+            return
+        head = event.head
+        scope = build_websocket_scope(
+            head,
+            client=self.client,
+            server=self.server,
+            scheme=self.scheme,
+            root_path=ctx.root_path,
+            state=ctx.lifespan_state,
+            proxy_trusted=self.proxy_trusted,
+            trust=ctx.trust,
+        )
+        # The bytes now belong to the WebSocket protocol; this one steps aside (it is
+        # registered again as a websocket first, so the drain event never blinks).
+        ws = WebSocketProtocol(ctx, self.transport, self.flow, scope)
+        self.transport.set_protocol(ws)
+        ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
+        self._closed = True
+        ctx.unregister(self)
 
     # ------------------------------------------------------------ Channel
 
@@ -260,6 +328,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._close_after_response()  # it may still be sending a body we never read
             return
         self.flow.resume_reading()
+        if self._in_events:
+            # Answered synchronously from inside _process_events, whose loop goes on with
+            # the next request; until one arrives the connection is idle.
+            self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+            return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self._eof:
@@ -291,7 +364,10 @@ class HttpProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful drain: close if idle, otherwise close after the current response."""
         self.conn.keep_alive = False
-        if self.cycle is None and not self._closed:
+        # Close only connections idle between requests. One that has not sent its first
+        # request yet (just accepted) gets it answered: closing it would reset a request
+        # the client already sent. The head deadline bounds how long it can take.
+        if self.cycle is None and not self._closed and self._deadline_idle:
             self.transport.close()
 
     def abort(self) -> None:
@@ -302,22 +378,29 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_timer(self, delay: float, callback: Any, idle: bool = False) -> None:
-        self._cancel_timer()
-        self._timer_is_idle = idle
-        if delay > 0:
-            self._timer = self.loop.call_later(delay, callback)
-        else:
-            self._timer = self.loop.call_soon(callback)  # type: ignore[assignment]
+        self._deadline_idle = idle
+        self._on_timeout = callback
+        now = self.loop.time()
+        self.deadline = now + delay if delay > 0 else now
+        if delay <= 0:
+            self.loop.call_soon(self._fire_if_due, self.deadline)  # no keep-alive: don't wait for a sweep
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_is_idle = False
+        self.deadline = 0.0
+        self._deadline_idle = False
+
+    def _fire_if_due(self, deadline: float) -> None:
+        if self.deadline == deadline:
+            self.on_deadline()
+
+    def on_deadline(self) -> None:
+        """Called by the worker's DeadlineSweeper once ``deadline`` has passed."""
+        callback = self._on_timeout
+        self._cancel_timer()
+        if callback is not None:
+            callback()
 
     def _on_header_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if self._closed or self.cycle is not None:
             return
         ctx = self.ctx
@@ -328,8 +411,6 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _on_keep_alive_timeout(self) -> None:
-        self._timer = None
-        self._timer_is_idle = False
         if not self._closed and self.cycle is None:
             self.transport.close()
 

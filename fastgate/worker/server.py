@@ -117,6 +117,11 @@ class Worker:
         self._cancel_timers()
         return self.exit_code
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` was called (drain begun or about to)."""
+        return self._stop is not None and self._stop.is_set()
+
     def stop(self, *, graceful: bool = True) -> None:
         """Ask the worker to drain (graceful) or to close everything now."""
         if not graceful:
@@ -156,7 +161,7 @@ class Worker:
             timeout = self.config.process.timeout_graceful_shutdown
             try:
                 await asyncio.wait_for(ctx.all_closed.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error_logger.warning(
                     "%d connection(s) still open after --timeout-graceful-shutdown %gs: closing them",
                     len(ctx.connections) + len(ctx.websockets), timeout,
@@ -225,6 +230,101 @@ class Worker:
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
+
+
+# Signals the master handles; a fresh worker starts with the default action for each.
+_MASTER_SIGNALS = (
+    signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+)
+
+
+def run_worker(
+    config: Config,
+    sockets: Sequence[socket.socket],
+    *,
+    report_fd: int,
+    parent_fd: int,
+    master_pid: int,
+) -> int:
+    """A forked worker's life, after the master closed its own fds in the child.
+
+    Post-fork setup: stop writing signals to the master's wakeup socket, restore default
+    signal actions, enable ``faulthandler`` (SIGABRT from the master prints where the loop
+    is stuck), become a process-group leader (so the master can stop the app's own children
+    with the worker), import the app (fresh: the master never imports it), create a new
+    uvloop loop, serve, report READY after lifespan startup, beat from a loop timer.
+
+    Args:
+        config: the configuration.
+        sockets: the listening sockets this worker serves.
+        report_fd: write end of the pipe to the master (READY / BEAT / DRAINING).
+        parent_fd: read end of the master's life pipe: EOF means the master is gone.
+        master_pid: the master's pid, compared with ``getppid()`` on each beat.
+
+    Returns:
+        the exit code: 0, EXIT_BOOT_FAILED (lifespan startup failed) or EXIT_APP_LOAD_FAILED.
+    """
+    import faulthandler
+
+    from fastgate.ipc import PipeReporter, beat_interval_for
+
+    signal.set_wakeup_fd(-1)
+    for sig in _MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    # The spawner forked with these blocked; a signal sent meanwhile is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
+    faulthandler.enable(all_threads=True)
+    # Only the master talks to systemd (NotifyAccess=main).
+    os.environ.pop("NOTIFY_SOCKET", None)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    try:
+        app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
+                       interface=config.app.interface)
+    except AppLoadError as exc:
+        report_app_load_error(exc)
+        return EXIT_APP_LOAD_FAILED
+
+    worker: Worker | None = None
+
+    def master_gone(how: str) -> None:
+        if worker is not None and not worker.stopping:
+            error_logger.warning("The master (pid %d) is gone (%s): draining and exiting", master_pid, how)
+            worker.stop()
+
+    class Reporter(PipeReporter):
+        def beat(self) -> None:
+            if os.getppid() != master_pid:
+                master_gone("parent changed")
+            super().beat()
+
+    reporter = Reporter(report_fd, beat_interval_for(config.process.timeout_worker_healthcheck),
+                        on_master_gone=lambda: master_gone("pipe closed"))
+    worker = Worker(config, app, sockets, hooks=reporter)
+
+    async def main() -> int:
+        assert worker is not None
+        loop = asyncio.get_running_loop()
+        worker.install_signal_handlers(supervised=True)
+
+        def on_parent_fd() -> None:
+            try:
+                data = os.read(parent_fd, 1)
+            except BlockingIOError:
+                return
+            if not data:
+                loop.remove_reader(parent_fd)
+                master_gone("life pipe closed")
+
+        os.set_blocking(parent_fd, False)
+        loop.add_reader(parent_fd, on_parent_fd)
+        return await worker.serve()
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(main())
 
 
 def run_single(config: Config) -> int:

@@ -51,6 +51,9 @@ class FakeTransport:
         self.aborted = True
         self.close()
 
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
     def _lost(self) -> None:
         assert self.protocol is not None
         self.protocol.connection_lost(None)
@@ -108,7 +111,7 @@ def test_request_response_and_keep_alive_timer() -> None:
         protocol.data_received(GET)
         await until(lambda: b"Hello, world!" in transport.written)
         assert transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
-        assert protocol._timer is not None and protocol._timer_is_idle
+        assert protocol.deadline > 0 and protocol._deadline_idle
         await until(lambda: transport.closing)  # idle keep-alive expired
         await until(lambda: ctx.all_closed.is_set())
         assert protocol not in ctx.connections and ctx.requests_served == 1
@@ -181,9 +184,9 @@ def test_header_deadline_is_armed_for_the_next_request_only_when_bytes_arrive() 
         protocol.data_received(GET)
         await until(lambda: b"Hello" in transport.written)
         transport.take()
-        assert protocol._timer_is_idle
+        assert protocol._deadline_idle
         protocol.data_received(b"GET / HT")  # a new head starts: now it has a deadline
-        assert protocol._timer is not None and not protocol._timer_is_idle
+        assert protocol.deadline > 0 and not protocol._deadline_idle
         await until(lambda: transport.closing)
         assert transport.take().startswith(b"HTTP/1.1 408 ")
 
@@ -295,17 +298,28 @@ def test_shutdown_closes_idle_and_marks_busy() -> None:
     async def main() -> None:
         ctx = make_ctx()
         idle, t_idle = connect(ctx)
+        idle.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await until(lambda: b"200 OK" in t_idle.written)  # answered, now idle between requests
+        fresh, t_fresh = connect(ctx)
         busy, t_busy = connect(ctx)
         busy.data_received(b"GET /slow?delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
         await asyncio.sleep(0)
-        idle.shutdown()
-        busy.shutdown()
+        for protocol in (idle, fresh, busy):
+            protocol.shutdown()
         assert t_idle.closing and not t_busy.closing
+        # A just-accepted connection may already have sent its first request: it is
+        # answered (with connection: close), not reset.
+        assert not t_fresh.closing
+        fresh.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await until(lambda: t_fresh.closing)
+        assert b"connection: close" in t_fresh.written
         await until(lambda: t_busy.closing)
         assert b"connection: close" in t_busy.written
         ctx.draining = True
-        late, t_late = connect(ctx)  # accepted while draining: closed at once
-        assert t_late.closing
+        late, t_late = connect(ctx)  # accepted while draining: served once, then closed
+        late.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await until(lambda: t_late.closing)
+        assert b"200 OK" in t_late.written and b"connection: close" in t_late.written
 
     run(main)
 
@@ -325,14 +339,14 @@ def test_abort_cancels_the_app() -> None:
     run(main)
 
 
-def test_websocket_upgrade_without_websocket_support_is_refused() -> None:
+def test_websocket_upgrade_is_handed_to_the_websocket_protocol() -> None:
     async def main() -> None:
         protocol, transport = connect(make_ctx())
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         await asyncio.sleep(0.01)
-        data = transport.take()
-        assert data.startswith((b"HTTP/1.1 501 ", b"HTTP/1.1 101 ", b"HTTP/1.1 4"))
+        assert transport.protocol is not protocol  # swapped to the WebSocket protocol
+        assert type(transport.protocol).__name__ == "WebSocketProtocol"
 
     run(main)
 

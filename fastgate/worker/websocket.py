@@ -1,0 +1,274 @@
+"""The asyncio protocol for an upgraded WebSocket connection.
+
+``HttpProtocol`` hands the transport over with ``transport.set_protocol()`` once an upgrade
+request arrived; from then on this class moves bytes between the transport and the
+``WebSocketSession`` and runs the app's ``WebSocketCycle`` task. It owns the timers:
+
+* keepalive: every ``ws_ping_interval`` a ping with a random payload; no pong within
+  ``ws_ping_timeout`` fails the connection with 1011. A pong cannot be read while reading
+  is paused for backpressure, so the timeout is then postponed, not fired.
+* close: once the session expects the TCP connection to end (closing handshake done or
+  failed), the peer gets ``CLOSE_TIMEOUT`` seconds to close its side before we abort.
+
+Flushing follows websockets' sans-I/O guide: after every session call, write
+``data_to_send()``; ``b""`` means half-close (``write_eof``, or close when the transport
+cannot half-close, as with TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastgate.asgi.ws_cycle import WebSocketCycle
+from fastgate.worker.flow import FlowControl
+from fastgate.ws.session import PENDING_LIMIT, WebSocketSession, deflate_factory
+
+if TYPE_CHECKING:
+    from fastgate.worker.context import WorkerContext
+
+ws_logger = logging.getLogger("fastgate.ws")
+
+# Seconds the peer has to close TCP after the closing handshake (websockets' default).
+CLOSE_TIMEOUT = 10.0
+# Bytes of outgoing frames held back to coalesce writes within one loop iteration.
+COALESCE_LIMIT = 64 * 1024
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One upgraded connection speaking WebSocket.
+
+    Args:
+        ctx: the worker context (settings, app, registry).
+        transport: the transport taken over from ``HttpProtocol``.
+        flow: its flow-control state (write pauses carry over).
+        scope: the ASGI websocket scope.
+    """
+
+    def __init__(self, ctx: WorkerContext, transport: asyncio.Transport, flow: FlowControl,
+                 scope: dict[str, Any]) -> None:
+        settings = ctx.config.websocket
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.flow = flow
+        self.session = WebSocketSession(
+            max_size=settings.ws_max_size,
+            extensions=[deflate_factory()] if settings.ws_per_message_deflate else [],
+            logger=ws_logger,
+        )
+        self.cycle = WebSocketCycle(scope, self.session, self, max_queue=settings.ws_max_queue)
+        self.task: asyncio.Task[None] | None = None
+        self.ping_interval = settings.ws_ping_interval
+        self.ping_timeout = settings.ws_ping_timeout
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._handshake_paused = False
+        self._queue_paused = False
+        self._closed = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._out_scheduled = False
+
+    def start(self, method: str, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]],
+              remainder: bytes) -> None:
+        """Check the handshake; if valid run the app, then process ``remainder``."""
+        session = self.session
+        self.ctx.register_websocket(self)
+        if session.receive_request(method, target, http_version, headers):
+            self.task = self.loop.create_task(self.cycle.run(self.ctx.app))
+            self.task.add_done_callback(self._task_done)
+        if remainder:
+            self.data_received(remainder)
+        else:
+            self.flush()
+
+    # ------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        session.receive_data(data)
+        self.flush()
+        if session.handshake_pending and session.pending_size > PENDING_LIMIT and not self._handshake_paused:
+            # The app has not accepted yet: bound what we buffer for it.
+            self._handshake_paused = True
+            self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        self.session.receive_eof()
+        self.flush()
+        # Returning None closes the transport: write what is held back first.
+        self._write_out()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._out.clear()
+        self._cancel_timers()
+        self.flow.connection_lost()
+        self.session.connection_lost()
+        self._dispatch()
+        self._maybe_unregister()
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    # ------------------------------------------------------------ WebSocketChannel
+
+    def flush(self) -> None:
+        """Write what the session has to send, then hand its events to the app."""
+        session = self.session
+        if not self._closed:
+            out = self._out
+            for data in session.data_to_send():
+                if data:
+                    out.append(data)
+                    self._out_size += len(data)
+                else:
+                    self._write_out()
+                    transport = self.transport
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                    else:
+                        transport.close()
+            if out:
+                if self._out_size >= COALESCE_LIMIT:
+                    self._write_out()
+                elif not self._out_scheduled:
+                    # Messages sent during one loop iteration leave in one write (one
+                    # syscall instead of one per message); the size bound above keeps
+                    # a producer that never yields from piling up bytes here.
+                    self._out_scheduled = True
+                    self.loop.call_soon(self._scheduled_write)
+            if session.close_expected() and self._close_timer is None:
+                self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self._on_close_timeout)
+        else:
+            session.data_to_send()
+        self._dispatch()
+        if self._handshake_paused and not session.handshake_pending:
+            self._handshake_paused = False
+            self._update_reading()
+        if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not self._closed:
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
+
+    def _scheduled_write(self) -> None:
+        self._out_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        out = self._out
+        if out and not self._closed and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        self._out_size = 0
+
+    def _dispatch(self) -> None:
+        events = self.session.events_received()
+        if events:
+            feed = self.cycle.feed
+            for message in events:
+                feed(message)
+
+    async def drain(self) -> None:
+        await self.flow.drain()
+
+    def pause_reading(self) -> None:
+        self._queue_paused = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        self._queue_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._closed:
+            return
+        if self._queue_paused or self._handshake_paused:
+            self.flow.pause_reading()
+        else:
+            self.flow.resume_reading()
+
+    # ------------------------------------------------------------ drain
+
+    def shutdown(self) -> None:
+        """Graceful drain: close 1012 (service restart); the app hears of it at once."""
+        session = self.session
+        if self._closed:
+            return
+        if session.is_open:
+            session.close(1012, "server restart", by_app=False)
+        elif session.handshake_pending:
+            session.fail(1012, "server restart")
+        elif self.session.protocol.eof_sent:
+            # Our side is finished (close frame and EOF sent): waiting for the peer to
+            # close TCP is pointless when the process is going away.
+            self._write_out()
+            self.transport.close()
+            return
+        self.flush()
+
+    def abort(self) -> None:
+        """The drain deadline passed: cancel the app and drop the connection."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._abort_transport()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._maybe_unregister()
+
+    def _maybe_unregister(self) -> None:
+        # Registered until both the connection and the app are done, so a graceful drain
+        # waits for the app to handle websocket.disconnect.
+        if self._closed and (self.task is None or self.task.done()):
+            self.ctx.unregister_websocket(self)
+
+    # ------------------------------------------------------------ timers
+
+    def _on_ping(self) -> None:
+        self._ping_timer = None
+        session = self.session
+        if self._closed or not session.is_open:
+            return
+        if not session.pong_pending:
+            session.ping()
+            self.flush()
+            if self.ping_timeout > 0:
+                self._pong_timer = self.loop.call_later(self.ping_timeout, self._on_pong_timeout)
+        self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
+
+    def _on_pong_timeout(self) -> None:
+        self._pong_timer = None
+        session = self.session
+        if self._closed or not session.is_open or not session.pong_pending:
+            return
+        if self._queue_paused:
+            # We stopped reading: the pong may be sitting in our socket buffer.
+            self._pong_timer = self.loop.call_later(self.ping_timeout, self._on_pong_timeout)
+            return
+        session.fail(1011, "keepalive ping timeout")
+        self.flush()
+
+    def _on_close_timeout(self) -> None:
+        self._close_timer = None
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
+        if not self._closed:
+            self.transport.abort()
+            # connection_lost comes on the next iteration; nothing may be written before.
+            self._closed = True
+            self._out.clear()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = self._close_timer = None

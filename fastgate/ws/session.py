@@ -1,0 +1,472 @@
+"""WebSocket session: ASGI ``websocket`` messages over ``websockets.server.ServerProtocol``.
+
+Theory of operation
+-------------------
+``WebSocketSession`` is sans-I/O: bytes in (``receive_data`` / ``receive_eof``), ASGI
+messages out (``events_received``), bytes out (``data_to_send``), exactly as in the
+``websockets`` sans-I/O guide (docs/howto/sansio.rst). It never sees a socket, a loop or a
+clock; the asyncio adapter (``fastgate.worker.websocket``) flushes ``data_to_send()`` after
+every call, half-closes on ``b""`` and arms a close timer when ``close_expected()``.
+
+Framing, masking, control frames (pings are answered, close frames echoed), the closing
+handshake, ``max_size`` (close 1009) and permessage-deflate all belong to
+``ServerProtocol``; this class only adds what ASGI needs on top:
+
+* The opening handshake is split in two. ``receive_request`` validates the upgrade request
+  at once (a bad one is answered 400, or 426 for a wrong version, with
+  ``Sec-WebSocket-Version: 13`` per RFC 6455 §4.4, and the app never runs) and keeps the
+  prepared 101 response; the app decides later with ``accept`` or ``reject``.
+* Bytes the client sends before that decision (pipelined right after its handshake) are
+  buffered and fed to the protocol only after the 101 went out. Feeding them earlier would
+  let ``ServerProtocol`` answer a ping before the 101, corrupting the stream.
+* ``TEXT``/``BINARY``/``CONT`` frames are reassembled into one ``websocket.receive``; text
+  is decoded here (``ServerProtocol`` does not), invalid UTF-8 fails the connection with
+  1007 (RFC 6455 §8.1).
+* Exactly one ``websocket.disconnect`` is produced: with the peer's close code when it
+  closes first, with our code when the server fails the connection (1002, 1007, 1009,
+  1011, 1012), and 1006 when the connection drops.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader, InvalidState
+from websockets.extensions import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CLOSED, OPEN
+from websockets.server import ServerProtocol
+
+from fastgate.errors import ClientDisconnected, LocalProtocolError
+
+Message = dict[str, Any]
+
+# Bytes buffered before the app accepts; the adapter pauses reading above this.
+PENDING_LIMIT = 64 * 1024
+
+_TEXT, _BINARY, _CONT, _CLOSE, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
+
+
+def deflate_factory() -> ServerPerMessageDeflateFactory:
+    """permessage-deflate (RFC 7692) tuned for many idle connections.
+
+    The server compresses each message with a fresh 4 KiB-window compressor that is freed
+    once the message is sent (``server_no_context_takeover``), so an idle connection holds
+    no compressor, the expensive zlib object. The client keeps its context (small chatty
+    messages compress to ~0.42 of their size with it, ~0.72 without), so the server keeps a
+    4 KiB-window inflater. Measured idle cost per connection (benchmarks/ws_memory.py,
+    benchmarks/WS_RESULTS.md): 14 KiB without compression, 26 KiB with these settings,
+    58 KiB with websockets' defaults, 117 KiB with zlib's.
+    """
+    return ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True,
+        server_max_window_bits=12,
+        client_max_window_bits=12,
+        compress_settings={"memLevel": 5},
+    )
+
+
+class SessionState(enum.Enum):
+    HANDSHAKE = "handshake"  # valid upgrade request, waiting for the app's decision
+    OPEN = "open"  # 101 sent
+    CLOSED = "closed"  # rejected, closed or failed: no more messages either way
+
+
+def _request_bytes(method: str, target: bytes, http_version: str, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    # websockets decodes the request target as ASCII: percent-encode any other byte (the
+    # ASGI scope is built from fastgate's own parse, so nothing visible changes).
+    if not target.isascii():
+        target = b"".join(b"%%%02X" % b if b > 0x7F else bytes((b,)) for b in target)
+    lines = [b"%s %s HTTP/%s\r\n" % (method.encode("ascii"), target, http_version.encode("ascii"))]
+    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class WebSocketSession:
+    """One WebSocket connection, from the upgrade request to the close.
+
+    Args:
+        max_size: largest incoming message in bytes (bigger: close 1009); None: no limit.
+        extensions: server extension factories (``[deflate_factory()]`` or ``[]``).
+        logger: logger handed to ``ServerProtocol``.
+    """
+
+    __slots__ = (
+        "protocol",
+        "state",
+        "subprotocols",
+        "_response",
+        "_pending",
+        "_fragments",
+        "_fragments_text",
+        "_events",
+        "_disconnected",
+        "_app_closed",
+        "_ping_payload",
+        "_reject_disconnect",
+        "_early",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_size: int | None = 16 * 1024 * 1024,
+        extensions: Sequence[ServerExtensionFactory] = (),
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.protocol = ServerProtocol(
+            extensions=list(extensions),
+            max_size=max_size,
+            logger=logger or logging.getLogger("fastgate.ws"),
+            # The app picks the subprotocol in websocket.accept, after the handshake check.
+            select_subprotocol=lambda _protocol, _offered: None,
+        )
+        self.state = SessionState.HANDSHAKE
+        self.subprotocols: list[str] = []
+        self._response: Response | None = None
+        self._pending = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragments_text = False
+        self._events: list[Message] = []
+        self._disconnected = False
+        self._app_closed = False
+        self._ping_payload: bytes | None = None
+        self._reject_disconnect: tuple[int, str] | None = None
+        self._early: list[bytes] = []
+
+    # ------------------------------------------------------------------ handshake
+
+    def receive_request(
+        self, method: str, target: bytes, http_version: str, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bool:
+        """Validate the upgrade request (already parsed by the HTTP layer).
+
+        Args:
+            method: request method.
+            target: request target as sent.
+            http_version: ``"1.1"`` or ``"1.0"``.
+            headers: ``(lower-cased name, value)`` pairs.
+
+        Returns:
+            True when the handshake is valid and the app should decide; False when it was
+            answered with an error already (``data_to_send`` holds it, then EOF).
+        """
+        protocol = self.protocol
+        protocol.receive_data(_request_bytes(method, target, http_version, headers))
+        events = protocol.events_received()
+        request = events[0] if events else None
+        if not isinstance(request, Request):
+            # websockets' own parser refused what httptools accepted. Over its limits (128
+            # header lines of 8192 bytes) it answered 414/431 itself; otherwise it only
+            # closed, and the client deserves a status: 400.
+            self.state = SessionState.CLOSED
+            self._disconnected = True
+            out = protocol.data_to_send()
+            if not any(out):
+                response = protocol.reject(HTTPStatus.BAD_REQUEST, "Invalid WebSocket handshake request.\n")
+                out = [response.serialize(), *out]
+            self._early = out
+            return False
+        response = protocol.accept(request)
+        if response.status_code != 101:
+            exc = protocol.handshake_exc
+            if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version" and exc.value is not None:
+                # A version we do not speak: 426 and the one we do (RFC 6455 §4.4).
+                response = protocol.reject(HTTPStatus.UPGRADE_REQUIRED, f"Unsupported WebSocket version {exc.value}.\n")
+                response.headers["Upgrade"] = "websocket"
+            response.headers["Sec-WebSocket-Version"] = "13"
+            self._send_error(response)
+            return False
+        self._response = response
+        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+            self.subprotocols.extend(p.strip() for p in value.split(",") if p.strip())
+        return True
+
+    def _send_error(self, response: Response) -> None:
+        self.protocol.send_response(response)
+        self.state = SessionState.CLOSED
+        self._disconnected = True
+
+    def accept(self, subprotocol: str | None = None, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """Send the 101 response; bytes received meanwhile are processed now.
+
+        Args:
+            subprotocol: the subprotocol the app chose, or None.
+            headers: extra response headers from the app.
+
+        Raises:
+            ClientDisconnected: the client went away before the app decided.
+            LocalProtocolError: not waiting for a decision, or invalid values.
+        """
+        response = self._decision()
+        if subprotocol is not None:
+            if not isinstance(subprotocol, str):
+                raise LocalProtocolError(f"subprotocol must be a str, got {subprotocol!r}")
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+            self.protocol.subprotocol = subprotocol  # type: ignore[assignment]
+        _add_headers(response.headers, headers)
+        self.protocol.send_response(response)
+        self.state = SessionState.OPEN
+        if self._pending:
+            pending, self._pending = bytes(self._pending), bytearray()
+            self._receive(pending)
+
+    def reject(self, status: int, headers: Iterable[tuple[bytes, bytes]] = (), body: bytes = b"") -> None:
+        """Answer the upgrade request with a plain HTTP response (denial), then close.
+
+        Args:
+            status: HTTP status (403 when the app closed before accepting).
+            headers: response headers from the app.
+            body: the whole response body.
+
+        Raises:
+            ClientDisconnected: the client went away before the app decided.
+            LocalProtocolError: not waiting for a decision, or invalid values.
+        """
+        if status.__class__ is not int or not 200 <= status <= 599:
+            raise LocalProtocolError(f"invalid status code for a denial response: {status!r}")
+        self._decision()
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        response_headers = Headers()
+        _add_headers(response_headers, headers)
+        for name in ("Content-Length", "Transfer-Encoding", "Connection"):
+            if name in response_headers:
+                del response_headers[name]
+        response_headers["Content-Length"] = str(len(body))
+        response_headers["Connection"] = "close"
+        self.protocol.send_response(Response(status, phrase, response_headers, bytes(body)))
+        self.state = SessionState.CLOSED
+        self._pending.clear()
+        # No WebSocket was ever open: no close frame either (RFC 6455 §7.1.5: 1006).
+        self._disconnect(*(self._reject_disconnect or (1006, "")))
+
+    def _decision(self) -> Response:
+        if self.state is not SessionState.HANDSHAKE:
+            if self._disconnected:
+                raise ClientDisconnected("client disconnected")
+            raise LocalProtocolError(f"the handshake was already answered (session {self.state.value})")
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected before the handshake was answered")
+        response = self._response
+        assert response is not None
+        self._response = None
+        return response
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer. Never raises on peer input (errors fail the connection)."""
+        if self.state is SessionState.HANDSHAKE:
+            self._pending += data
+            return
+        if self.protocol.state is not CLOSED:
+            self._receive(data)
+
+    @property
+    def pending_size(self) -> int:
+        """Bytes received before the app answered the handshake (for read backpressure)."""
+        return len(self._pending)
+
+    def receive_eof(self) -> None:
+        """The peer half-closed (or closed)."""
+        if self.state is SessionState.HANDSHAKE:
+            self._disconnect(1006, "")
+            return
+        self.protocol.receive_eof()
+        self._after_receive()
+
+    def connection_lost(self) -> None:
+        """The transport is gone: the app gets ``websocket.disconnect`` (1006) if not already."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.CLOSED
+        self._disconnect(1006, "")
+
+    def _receive(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        append = self._events.append
+        for frame in protocol.events_received():
+            assert isinstance(frame, Frame)
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if frame.fin:
+                    self._deliver(opcode is _TEXT, frame.data, append)
+                else:
+                    self._fragments_text = opcode is _TEXT
+                    self._fragments = [bytes(frame.data)]
+            elif opcode is _CONT:
+                self._fragments.append(bytes(frame.data))
+                if frame.fin:
+                    data_ = b"".join(self._fragments)
+                    self._fragments = []
+                    self._deliver(self._fragments_text, data_, append)
+            elif opcode is _PONG:
+                if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
+                    self._ping_payload = None
+            # PING is answered by ServerProtocol; CLOSE is handled in _after_receive.
+            if protocol.state is not OPEN and self._disconnected:
+                break
+        self._after_receive()
+
+    def _deliver(self, text: bool, data: bytes | bytearray | memoryview, append: Any) -> None:
+        if self._disconnected:
+            return
+        if text:
+            try:
+                append({"type": "websocket.receive", "text": bytes(data).decode("utf-8")})
+            except UnicodeDecodeError as exc:
+                # RFC 6455 §8.1: invalid UTF-8 in a text message fails the connection.
+                self.fail(1007, f"invalid UTF-8 at position {exc.start}")
+        else:
+            append({"type": "websocket.receive", "bytes": bytes(data)})
+
+    def _after_receive(self) -> None:
+        protocol = self.protocol
+        if self._disconnected:
+            return
+        close = protocol.close_rcvd
+        if close is not None:
+            self.state = SessionState.CLOSED
+            self._disconnect(close.code, close.reason)
+        elif protocol.state is not OPEN:
+            # The server failed the connection (1002, 1009, ...) or the stream ended.
+            self.state = SessionState.CLOSED
+            sent = protocol.close_sent
+            if sent is not None and not self._app_closed:
+                self._disconnect(sent.code, sent.reason)
+            elif protocol.state is CLOSED:
+                self._disconnect(1006, "")
+
+    def _disconnect(self, code: int, reason: str) -> None:
+        if not self._disconnected:
+            self._disconnected = True
+            self._fragments = []
+            self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def events_received(self) -> list[Message]:
+        """ASGI messages produced since the last call: ``websocket.receive`` / ``.disconnect``."""
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ sending
+
+    def _check_open(self) -> None:
+        if self.state is not SessionState.OPEN or self.protocol.state is not OPEN:
+            if self.state is SessionState.HANDSHAKE and not self._disconnected:
+                raise LocalProtocolError("the WebSocket is not accepted yet")
+            raise ClientDisconnected("WebSocket connection is closed")
+
+    def send_text(self, text: str) -> None:
+        """Send a text message.
+
+        Raises:
+            ClientDisconnected: the connection is closing or closed.
+        """
+        self._check_open()
+        self.protocol.send_text(text.encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send a binary message.
+
+        Raises:
+            ClientDisconnected: the connection is closing or closed.
+        """
+        self._check_open()
+        self.protocol.send_binary(data)
+
+    def close(self, code: int = 1000, reason: str = "", *, by_app: bool = True) -> None:
+        """Start the closing handshake.
+
+        Args:
+            code: close code (RFC 6455 §7.4).
+            reason: close reason (at most 123 UTF-8 bytes).
+            by_app: the app asked (it hears of the end when the peer answers); False for a
+                server-initiated close (shutdown), delivered to the app at once.
+
+        Raises:
+            ClientDisconnected: the connection is already closing or closed.
+            LocalProtocolError: invalid code or reason.
+        """
+        self._check_open()
+        if len(reason.encode("utf-8")) > 123:
+            raise LocalProtocolError("close reason longer than 123 bytes")
+        try:
+            self.protocol.send_close(code, reason)
+        except InvalidState:  # pragma: no cover - _check_open guards it
+            raise ClientDisconnected("WebSocket connection is closed") from None
+        except Exception as exc:  # websockets' ProtocolError: invalid close code
+            raise LocalProtocolError(f"invalid close code {code!r}: {exc}") from None
+        self._app_closed = by_app
+        if not by_app:
+            self._disconnect(code, reason)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection (RFC 6455 §7.1.7): close frame, EOF, app told at once."""
+        if self.state is SessionState.HANDSHAKE:
+            if not self._disconnected:
+                self._reject_disconnect = (code, reason)
+                self.reject(503 if code == 1012 else 500)
+        elif self.protocol.state is not CLOSED:
+            self.protocol.fail(code, reason)
+            self.state = SessionState.CLOSED
+        self._disconnect(code, reason)
+
+    def ping(self) -> bytes:
+        """Send a keepalive ping with a random payload; ``pong_pending`` until answered."""
+        payload = os.urandom(4)
+        self.protocol.send_ping(payload)
+        self._ping_payload = payload
+        return payload
+
+    @property
+    def pong_pending(self) -> bool:
+        """A keepalive ping is still waiting for its pong."""
+        return self._ping_payload is not None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is SessionState.OPEN and self.protocol.state is OPEN
+
+    @property
+    def handshake_pending(self) -> bool:
+        return self.state is SessionState.HANDSHAKE
+
+    @property
+    def disconnected(self) -> bool:
+        """``websocket.disconnect`` was produced."""
+        return self._disconnected
+
+    def data_to_send(self) -> list[bytes]:
+        """Bytes to write, in order; ``b""`` means half-close (write EOF)."""
+        if self._early:
+            early, self._early = self._early, []
+            return early + self.protocol.data_to_send()
+        return self.protocol.data_to_send()
+
+    def close_expected(self) -> bool:
+        """The TCP connection should close soon: arm a close timer."""
+        return self.protocol.close_expected()
+
+
+def _add_headers(target: Headers, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise LocalProtocolError(f"header names and values must be bytes, got {name!r}: {value!r}")
+        if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name or not name.strip():
+            raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
+        target[name.decode("latin-1")] = value.decode("latin-1")
+
+
+__all__ = ["WebSocketSession", "SessionState", "deflate_factory", "PENDING_LIMIT"]
