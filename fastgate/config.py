@@ -99,7 +99,12 @@ class BindSettings:
         (), "Listen address, repeatable: HOST:PORT, [::]:PORT, unix:PATH or fd://N.", kind=LIST, metavar="ADDRESS"
     )
     backlog: int = option(2048, "Listen queue length.", kind=INT)
-    reuse_port: bool = option(False, "Give each worker its own SO_REUSEPORT socket.", kind=BOOL)
+    reuse_port: bool = option(
+        False,
+        "Share the TCP port with other processes (SO_REUSEPORT without the exclusive-port check). "
+        "Workers always get one SO_REUSEPORT socket per slot, held by the master.",
+        kind=BOOL,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

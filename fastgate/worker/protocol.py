@@ -362,13 +362,18 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ drain and timers
 
     def shutdown(self) -> None:
-        """Graceful drain: close if idle, otherwise close after the current response."""
+        """Graceful drain: no new request on this connection will be kept alive.
+
+        Nothing is closed here. A connection idle between requests is left to its own
+        keep-alive deadline: a client (typically a proxy's connection pool) may be sending
+        a request on it at this very moment, and closing would reset that request, which a
+        proxy cannot retry when it is a POST. Proxies keep their idle timeout below ours
+        (deploy/nginx: 4 s < 5 s), so they close first. A request arriving meanwhile is
+        answered with ``connection: close``; an in-flight one closes after its response; a
+        just-accepted connection gets its first request answered. The drain deadline
+        (``--timeout-graceful-shutdown``) bounds all of it.
+        """
         self.conn.keep_alive = False
-        # Close only connections idle between requests. One that has not sent its first
-        # request yet (just accepted) gets it answered: closing it would reset a request
-        # the client already sent. The head deadline bounds how long it can take.
-        if self.cycle is None and not self._closed and self._deadline_idle:
-            self.transport.close()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""

@@ -351,12 +351,15 @@ class NotifySocket:
 # ----------------------------------------------------------------------------- load
 
 class Load:
-    """Keep-alive GET load from a few threads, bounded in count and time; counts statuses."""
+    """Keep-alive GET (or POST, when ``body`` is given) load from a few threads, bounded in
+    count and time; counts statuses."""
 
-    def __init__(self, url: str, *, threads: int = 4, max_requests: int = 40_000, max_seconds: float = 120.0) -> None:
+    def __init__(self, url: str, *, threads: int = 4, max_requests: int = 40_000, max_seconds: float = 120.0,
+                 body: bytes | None = None) -> None:
         import collections
 
         self.url = url
+        self.body = body
         self.statuses: collections.Counter[int] = collections.Counter()
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -374,7 +377,10 @@ class Load:
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
-                    status = client.get(self.url).status_code
+                    if self.body is None:
+                        status = client.get(self.url).status_code
+                    else:
+                        status = client.post(self.url, content=self.body).status_code
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.errors.append(repr(exc))
