@@ -38,6 +38,7 @@ types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
 # Benchmarks: the peers live in their own venv so they never leak into fastgate's.
+# BENCH_ARGS passes options to benchmarks/run.py (see its --help), e.g. BENCH_ARGS="--repeats 5".
 PEERS_VENV ?= benchmarks/.venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
 
@@ -54,10 +55,10 @@ bench-tools:
 	            "run 'sudo apt-get install wrk' and re-run"; fi; }
 
 bench: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
-	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY)
+	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY) $(BENCH_ARGS)
 
 bench-quick: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
-	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY)
+	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

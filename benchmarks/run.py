@@ -42,28 +42,32 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 @dataclass
 class Server:
-    name: str
+    name: str  # as shown in the report
     python: str  # interpreter (its bin/ holds the server's console script)
     version: str = ""
+    kind: str = ""  # fastgate, uvicorn, ... (default: the name)
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
 
     def argv(self, port: int, workers: int) -> list[str]:
         bindir = str(Path(self.python).parent)
         app = "benchmarks.app:app"
-        if self.name == "fastgate":
+        if self.kind == "fastgate":
             return [self.python, "-m", "fastgate", app, "--host", "127.0.0.1", "--port", str(port),
                     "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
-        if self.name == "uvicorn":
+        if self.kind == "uvicorn":
             return [f"{bindir}/uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
                     "--loop", "uvloop", "--ws", "websockets", "--no-access-log", "--log-level", "warning",
                     *(["--workers", str(workers)] if workers > 1 else [])]
-        if self.name == "granian":
+        if self.kind == "granian":
             return [f"{bindir}/granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
                     "--workers", str(workers), "--http", "1", "--loop", "uvloop", "--no-access-log",
                     "--log-level", "warning", app]
-        if self.name == "hypercorn":
+        if self.kind == "hypercorn":
             return [f"{bindir}/hypercorn", "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "uvloop",
                     "--log-level", "warning", app]
-        if self.name == "gunicorn":
+        if self.kind == "gunicorn":
             return [f"{bindir}/gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers), "-b",
                     f"127.0.0.1:{port}", "--log-level", "warning", app]
         raise ValueError(self.name)
@@ -133,15 +137,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def rss_mib(pids: list[int]) -> float:
-    total = 0
+def rss_mib(pids: list[int], largest: bool = False) -> float:
+    """RSS summed over ``pids`` (or of the largest one: a worker's own footprint)."""
+    sizes = []
     for pid in pids:
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
+                sizes.append(int(f.read().split()[1]) * PAGE)
         except OSError:
             continue
-    return total / 2**20
+    if not sizes:
+        return 0.0
+    return (max(sizes) if largest else sum(sizes)) / 2**20
 
 
 # ------------------------------------------------------------------ running a server
@@ -342,9 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-python", default=str(HERE / ".venv-peers" / "bin" / "python"))
     p.add_argument("--out", default=None, help="Markdown file to write (default RESULTS.md; quick: results/quick.md)")
     p.add_argument("--note", default="", help="free text added to the conditions section")
+    p.add_argument("--no-micro", action="store_true", help="skip the bench_h1 micro-benchmark")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=KIND:PYTHON",
+                   help="another server entry, e.g. fastgate-py3.12=fastgate:/venv312/bin/python (repeatable)")
     args = p.parse_args(argv)
     quick = args.quick
     args.repeats = args.repeats or (1 if quick else 3)
+    args.no_micro = args.no_micro or quick
     args.duration = args.duration or (2 if quick else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
     all_servers = "fastgate,uvicorn,granian,hypercorn,gunicorn"
@@ -367,6 +378,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         module = {"gunicorn": "gunicorn"}.get(name, name)
         servers.append(Server(name, py, pkg_version(py, module if name != "fastgate" else "fastgate")))
+    for extra in args.extra:
+        # NAME=KIND:PYTHON, e.g. fastgate-py3.12=fastgate:/path/venv312/bin/python
+        name, _, rest = extra.partition("=")
+        kind, _, py = rest.partition(":")
+        py = os.path.abspath(py)
+        if not Path(py).exists():
+            print(f"run.py: --extra {extra}: {py} missing", file=sys.stderr)
+            return 2
+        pyver = subprocess.run([py, "-c", "import platform; print(platform.python_version())"], capture_output=True,
+                               text=True).stdout.strip()
+        servers.append(Server(name, py, f"{pkg_version(py, kind)} (Python {pyver})", kind=kind))
     ncpu = len(os.sched_getaffinity(0))
     pinned = ncpu >= 2
     server_cpus, client_cpus = ("0", "1") if pinned else (None, None)
@@ -385,10 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats):
         order = servers[rep % len(servers):] + servers[: rep % len(servers)]
         for server in order:
-            workers = fastgate_worker_count(1) if server.name == "fastgate" else 1
+            workers = fastgate_worker_count(1) if server.kind == "fastgate" else 1
             groups = [(workers, server_cpus, client_cpus, one_worker)]
             if many:
-                w2 = fastgate_worker_count(2) if server.name == "fastgate" else 2
+                w2 = fastgate_worker_count(2) if server.kind == "fastgate" else 2
                 if w2 >= 2:
                     groups.append((w2, None, None, many))  # 2 workers need both cores: nothing pinned
             for nworkers, scpus, ccpus, wls in groups:
@@ -397,16 +419,28 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with running(server, nworkers, scpus) as r:
                         idle = rss_mib(r.pids())
+                        idle_largest = rss_mib(r.pids(), largest=True)
                         for wl in wls:
                             try:
                                 res = measure(r, wl, args, ccpus)
                             except RuntimeError as exc:
                                 res = {"error": str(exc)[:300]}
-                            res.update(server=server.name, workload=wl.name, rep=rep, idle_rss_mib=idle)
+                            res.update(server=server.name, workload=wl.name, rep=rep, idle_rss_mib=idle,
+                                       idle_largest_mib=idle_largest)
                             results["runs"].append(res)
                             print(fmt_line(res), flush=True)
                 except RuntimeError as exc:
                     print(f"{server.name}: {exc}", file=sys.stderr, flush=True)
+    # The sans-I/O / protocol micro-benchmark, for each fastgate interpreter in the run.
+    results["micro"] = {}
+    if not args.no_micro:
+        for server in servers:
+            if server.kind != "fastgate":
+                continue
+            out = subprocess.run([server.python, str(HERE / "bench_h1.py"), "-n", "50000", "--repeat", "5"],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=600,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            results["micro"][server.name] = out.stdout.strip() or out.stderr.strip()[-500:]
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     results["host"]["loadavg_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")

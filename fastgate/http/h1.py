@@ -119,6 +119,13 @@ def _status_line(code: int) -> bytes:
 STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# Validated "name: value\r\n" lines of ordinary response headers (not framing, Server or
+# Date, which start_response must see), keyed by the app's (name, value) tuple. Bounded:
+# once full, new pairs are validated each time (a per-request value, like an ETag, would
+# otherwise push out the ones that repeat).
+_HEADER_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_HEADER_CACHE_SIZE = 512
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
 _NO_BODY_STATUS = frozenset((204, 304))  # RFC 9110 §6.4.1 (1xx never reach start_response)
@@ -490,7 +497,18 @@ class H1Connection:
         has_server = has_date = False
         parts = [status_line]
         append = parts.append
-        for name, value in headers:
+        cache = _HEADER_LINES
+        for pair in headers:
+            # Most response headers repeat from one response to the next (content-type,
+            # cache-control, ...): their validated wire form is looked up, not rebuilt.
+            try:
+                line = cache.get(pair)
+            except TypeError:  # an unhashable pair (a list): validate it every time
+                line = None
+            if line is not None:
+                append(line)
+                continue
+            name, value = pair
             lname = name.lower()
             if not _TOKEN(name) or _BAD_VALUE(value):
                 raise LocalProtocolError(f"invalid response header {name!r}: {value!r}")
@@ -512,6 +530,12 @@ class H1Connection:
                 has_server = True
             elif lname == b"date":
                 has_date = True
+            else:
+                line = name + b": " + value + b"\r\n"
+                if pair.__class__ is tuple and len(cache) < _HEADER_CACHE_SIZE:
+                    cache[pair] = line
+                append(line)
+                continue
             append(name + b": " + value + b"\r\n")
         defaults = self.defaults
         if not has_date and defaults.date:
@@ -528,10 +552,17 @@ class H1Connection:
             self._framing = 0
             self._remaining = content_length
         elif body is not None:
-            content_length = len(body)
-            append(b"content-length: %d\r\n" % content_length)
+            # The common single-shot response: the length is ours, so the body needs none
+            # of send_body's checks and goes straight after the head.
+            append(b"content-length: %d\r\n" % len(body))
             self._framing = 0
-            self._remaining = content_length
+            self._remaining = 0
+            self._no_body = False
+            append(b"connection: close\r\n\r\n" if not self.keep_alive
+                   else b"connection: keep-alive\r\n\r\n" if self._http_version == "1.0" else b"\r\n")
+            append(body)
+            self.response_state = ResponseState.DONE
+            return b"".join(parts)
         elif self._http_version == "1.1":
             append(b"transfer-encoding: chunked\r\n")
             self._framing = 1

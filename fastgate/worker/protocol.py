@@ -139,6 +139,8 @@ class HttpProtocol(asyncio.Protocol):
             self._event_loop()
         finally:
             self._in_events = False
+        if self._eof and self.cycle is None and not self._closed and not self.transport.is_closing():
+            self.transport.close()  # everything the client sent is answered; nothing more can arrive
 
     def _event_loop(self) -> None:
         conn = self.conn
@@ -330,8 +332,10 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_reading()
         if self._in_events:
             # Answered synchronously from inside _process_events, whose loop goes on with
-            # the next request; until one arrives the connection is idle.
-            self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+            # the next request (and closes after the last one on EOF); until one arrives
+            # the connection is idle.
+            if not self._eof:
+                self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
             return
         self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():

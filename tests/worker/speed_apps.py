@@ -29,3 +29,39 @@ async def task_identity(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += b" leaked"
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def starlette_app() -> Any:
+    """A Starlette app whose middleware and responses use anyio task groups and cancel scopes
+    (served with ``--factory``)."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    class Tag(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: Any) -> Response:
+            response: Response = await call_next(request)
+            response.headers["x-mw"] = "1"
+            return response
+
+    async def plain(request: Request) -> Response:
+        return PlainTextResponse("plain")
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> Any:
+            for i in range(3):
+                yield b"chunk%d\n" % i
+
+        return StreamingResponse(chunks())
+
+    async def echo(request: Request) -> Response:
+        return JSONResponse({"length": len(await request.body())})
+
+    def sync(request: Request) -> Response:  # run in a worker thread by anyio
+        return PlainTextResponse("sync")
+
+    routes = [Route("/", plain), Route("/stream", stream), Route("/echo", echo, methods=["POST"]), Route("/sync", sync)]
+    return Starlette(routes=routes, middleware=[Middleware(Tag)])

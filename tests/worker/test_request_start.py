@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.server import read_response
@@ -57,3 +58,16 @@ def test_post_body_reaches_the_app_started_after_its_head(serve):
         sock.sendall(head + body[:1000])
         sock.sendall(body[1000:] + head + body)
         assert _read_all(sock, 2) == [(200, body)] * 2
+
+
+def test_starlette_with_anyio_middleware_and_streaming(serve):
+    server = serve("tests.worker.speed_apps:starlette_app", "--factory", "--workers", "0", "--no-access-log")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(2):  # twice: the second request reuses the connection
+            r = client.get("/")
+            assert (r.status_code, r.text, r.headers["x-mw"]) == (200, "plain", "1")
+            r = client.get("/stream")
+            assert (r.status_code, r.text, r.headers["x-mw"]) == (200, "chunk0\nchunk1\nchunk2\n", "1")
+            r = client.post("/echo", content=b"x" * 100_000)
+            assert r.json() == {"length": 100_000}
+            assert client.get("/sync").text == "sync"
