@@ -46,7 +46,7 @@ def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
     from fastgate.logs import error_logger
     from fastgate.supervisor.master import Master
     from fastgate.supervisor.policy import Phase
-    from fastgate.supervisor.reload import Reloader, watch_options
+    from fastgate.supervisor.reload import Reloader, warm_worker_imports, watch_options
 
     try:
         options = watch_options(config.reload, config.app.app_dir)
@@ -61,6 +61,7 @@ def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    warm_worker_imports()
     reloader = Reloader(options)
     reloader.start()
     try:

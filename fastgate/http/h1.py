@@ -303,7 +303,6 @@ class H1Connection:
         self._expect_continue = False
         self._upgrade = None
         self._chunked = False
-        self._trailers = 0
 
     def on_url(self, url: bytes) -> None:
         self._progress = True
@@ -343,6 +342,7 @@ class H1Connection:
         if self._chunked or value.strip().lower() != b"chunked":
             raise _Reject(400, "unsupported Transfer-Encoding")
         self._chunked = True
+        self._trailers = 0  # only chunked messages have trailers: reset here, off the GET path
 
     def _on_expect(self, value: bytes) -> None:
         self._expect_continue = value.strip().lower() == b"100-continue"

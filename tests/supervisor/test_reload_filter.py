@@ -1,4 +1,4 @@
-"""Unit tests of the reload filter, the pruned directory walk and the reload options (no processes)."""
+"""Unit tests of the reload filter, the pruned walk, the poller snapshot and the reload options (no processes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from fastgate.config import ReloadSettings, load
 from fastgate.errors import ConfigError
 from fastgate.supervisor import reload as rl
-from fastgate.supervisor.reload import ChangeBatch, Reloader, WatchFilter, WatchOptions, walk_dirs
+from fastgate.supervisor import reload_watcher as rw
+from fastgate.supervisor.reload import ChangeBatch, Reloader, WatchOptions
+from fastgate.supervisor.reload_watcher import WatchFilter, walk_dirs
 
 
 def make_tree(root: Path, files: list[str]) -> None:
@@ -134,7 +136,7 @@ def test_walk_never_lists_excluded_folders(tmp_path, monkeypatch):
         scanned.append(os.path.relpath(path, tmp_path))
         return real_scandir(path)
 
-    monkeypatch.setattr(rl.os, "scandir", spy)
+    monkeypatch.setattr(rw.os, "scandir", spy)
     walk_dirs(filt(tmp_path))
     assert sorted(scanned) == [".", "src"]
 
@@ -154,12 +156,12 @@ def test_snapshot_sees_same_size_edit_within_a_second(tmp_path):
     """The poller compares nanosecond mtimes, size and inode (notify's poller does not)."""
     make_tree(tmp_path, ["app.py", "notes.txt", ".venv/x.py"])
     f = filt(tmp_path)
-    before = rl.snapshot(f)
+    before = rw.snapshot(f)
     assert set(before) == {str(tmp_path / "app.py")}
     st = os.stat(tmp_path / "app.py")
     (tmp_path / "app.py").write_text("y")  # same size
     os.utime(tmp_path / "app.py", ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
-    assert rl.snapshot(f) != before
+    assert rw.snapshot(f) != before
 
 
 # ------------------------------------------------------------------ options
@@ -207,13 +209,13 @@ def test_reload_with_workers_0_is_a_config_error():
     ],
 )
 def test_force_polling(poll, env, expected):
-    assert rl.force_polling(poll, env) is expected
+    assert rw.force_polling(poll, env) is expected
 
 
 def test_poll_delay_from_environment():
-    assert rl.poll_delay_ms({}) == 300
-    assert rl.poll_delay_ms({"WATCHFILES_POLL_DELAY_MS": "50"}) == 50
-    assert rl.poll_delay_ms({"WATCHFILES_POLL_DELAY_MS": "soon"}) == 300
+    assert rw.poll_delay_ms({}) == 300
+    assert rw.poll_delay_ms({"WATCHFILES_POLL_DELAY_MS": "50"}) == 50
+    assert rw.poll_delay_ms({"WATCHFILES_POLL_DELAY_MS": "soon"}) == 300
 
 
 # ------------------------------------------------------------------ master side decoding
@@ -254,14 +256,14 @@ def test_syntax_errors_only_when_every_changed_file_fails_to_compile(tmp_path):
     bad.write_text("def f(:\n")
     bad2.write_text("x = \0\n")  # a null byte: ValueError / SyntaxError from compile()
     tpl.write_text("<p>{{ x }}</p>\n")
-    errors = rl.syntax_errors([str(bad), str(bad2)])
+    errors = rw.syntax_errors([str(bad), str(bad2)])
     assert errors is not None and len(errors) == 2
     assert "bad.py" in errors[0] and errors[0].endswith("SyntaxError: invalid syntax")
     # Anything else in the batch means a reload may help: let the new worker decide.
-    assert rl.syntax_errors([str(bad), str(good)]) is None
-    assert rl.syntax_errors([str(bad), str(tpl)]) is None
-    assert rl.syntax_errors([str(bad), str(tmp_path / "deleted.py")]) is None
-    assert rl.syntax_errors([]) is None
+    assert rw.syntax_errors([str(bad), str(good)]) is None
+    assert rw.syntax_errors([str(bad), str(tpl)]) is None
+    assert rw.syntax_errors([str(bad), str(tmp_path / "deleted.py")]) is None
+    assert rw.syntax_errors([]) is None
 
 
 class _Records(logging.Handler):
@@ -297,3 +299,14 @@ def test_batch_with_syntax_errors_is_logged_and_requests_no_reload():
         logger.setLevel(old_level)
         os.close(w)
         reloader.read_batches()  # EOF: closes the read end
+
+
+def test_in_environment_checks_markers_between_file_and_root(tmp_path):
+    make_tree(tmp_path, ["env/pyvenv.cfg", "env/lib/x.py", "conda/conda-meta/", "conda/lib/y.py", "pkg/z.py"])
+    f = filt(tmp_path)
+    assert f.in_environment(str(tmp_path / "env/lib/x.py"))
+    assert f.in_environment(str(tmp_path / "conda/lib/y.py"))
+    assert not f.in_environment(str(tmp_path / "pkg/z.py"))
+    assert not f.in_environment(str(tmp_path / "app.py"))
+    # The root itself is never an excluded environment (a --reload-dir inside a venv is watched).
+    assert not filt(tmp_path / "env").in_environment(str(tmp_path / "env/lib/x.py"))

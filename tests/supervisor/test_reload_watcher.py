@@ -219,3 +219,26 @@ def test_excluded_trees_get_no_inotify_watch(tmp_path, monkeypatch):
         assert inotify_watches(reloader.pid) == 4
     finally:
         reloader.stop()
+
+
+def test_atomic_save_by_rename_is_reported(watch):
+    """Editors that write a temporary file and rename it over the original (safe write)."""
+    w, src = watch
+    tmp = src / "app.py.tmp~"
+    tmp.write_text("A = 'renamed into place'\n")
+    os.replace(tmp, src / "app.py")
+    assert w.next_batch().paths == (str(src / "app.py"),)
+
+
+def test_directory_that_becomes_a_virtualenv_stops_being_watched(watch):
+    """``python -m venv`` makes its directories first and writes pyvenv.cfg after."""
+    w, src = watch
+    lib = src / "myenv" / "lib" / "site-packages"
+    lib.mkdir(parents=True)
+    w.pump(0.5)
+    (src / "myenv" / "pyvenv.cfg").write_text("home = /usr\n")
+    w.pump(0.5)
+    assert w.batches == []
+    (lib / "installed.py").write_text("x = 1\n")
+    (src / "app.py").write_text("A = 5\n")
+    assert w.next_batch().paths == (str(src / "app.py"),)

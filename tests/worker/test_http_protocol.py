@@ -64,9 +64,6 @@ class FakeTransport:
     def write_eof(self) -> None:
         self.eof_written = True
 
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
     def take(self) -> bytes:
         data = bytes(self.written)
         self.written.clear()
