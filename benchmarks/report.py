@@ -106,6 +106,15 @@ def render(results: dict[str, Any], out: Path, chart: bool = True) -> str:
             ratio = f" ({med / base[0]:.2f}×)" if base else ""
             row.append(_rate(w, med) + ratio)
         add("| " + " | ".join(row) + " |")
+    scaling = []
+    for s in servers:
+        one, two = cells.get(("plaintext", s)), cells.get(("workers2", s))
+        if one and two and one["rps"] and two["rps"]:
+            scaling.append(f"{s} {two['rps'][0] / one['rps'][0]:.2f}×")
+    if scaling:
+        add("")
+        add("Plaintext, 2 workers ÷ 1 worker (on 2 cores the load generator shares them with the workers): "
+            + ", ".join(scaling) + ".")
     add("")
     add("## Server CPU per request (µs, user+sys of every server process; lower is better)")
     add("")
