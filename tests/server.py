@@ -199,7 +199,7 @@ def recv_until_closed(sock: socket.socket, limit: int = 10 * 1024 * 1024) -> byt
     while total < limit:
         try:
             data = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             break
         if not data:
             break
@@ -208,7 +208,9 @@ def recv_until_closed(sock: socket.socket, limit: int = 10 * 1024 * 1024) -> byt
     return b"".join(chunks)
 
 
-def read_response(sock: socket.socket, buf: bytearray | None = None) -> tuple[int, dict[bytes, bytes], bytes, bytearray]:
+def read_response(
+    sock: socket.socket, buf: bytearray | None = None
+) -> tuple[int, dict[bytes, bytes], bytes, bytearray]:
     """Read one HTTP/1.1 response (Content-Length or chunked). Returns status, headers, body, leftover."""
     buf = buf if buf is not None else bytearray()
 
