@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(r"Listening on (http://\[?([0-9a-fA-F.:]+)\]?:(\d+)|unix:(\S+))")
@@ -44,8 +45,10 @@ class ServerProcess:
         wait_listening: bool = True,
         timeout: float = 15.0,
         new_session: bool = True,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.args = list(args)
+        self.pass_fds = pass_fds
         full_env = dict(os.environ)
         # The repo root only: tests/ must not be on the path (tests/http would shadow http).
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
@@ -67,9 +70,13 @@ class ServerProcess:
 
     # -------------------------------------------------------------- lifecycle
 
+    def command(self) -> list[str]:
+        """The argv to run; subclasses may wrap fastgate in another command."""
+        return [sys.executable, "-m", "fastgate", *self.args]
+
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastgate", *self.args],
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -77,6 +84,7 @@ class ServerProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=self.new_session,
+            pass_fds=self.pass_fds,
         )
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
@@ -190,6 +198,24 @@ class ServerProcess:
             sock.connect(self.unix_path)
             return sock
         return socket.create_connection((self.host, self.port), timeout=timeout)
+
+
+
+class CommandProcess(ServerProcess):
+    """Like ``ServerProcess``, but runs ``command`` (which must end up running fastgate,
+    e.g. ``unshare ... python -m fastgate`` or ``systemd-socket-activate ...``)."""
+
+    def __init__(self, command: Sequence[str], **kwargs: Any) -> None:
+        super().__init__([], **kwargs)
+        self.command_argv = list(command)
+
+    def command(self) -> list[str]:
+        return self.command_argv
+
+
+def fastgate_command(*args: str) -> list[str]:
+    """argv that runs fastgate with this interpreter."""
+    return [sys.executable, "-m", "fastgate", *args]
 
 
 def recv_until_closed(sock: socket.socket, limit: int = 10 * 1024 * 1024) -> bytes:

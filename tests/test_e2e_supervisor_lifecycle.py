@@ -14,16 +14,14 @@ from pathlib import Path
 import pytest
 
 from fastgate.config import available_cpus
-from tests.server import read_response, recv_until_closed, wait_for
+from tests.server import CommandProcess, fastgate_command, read_response, recv_until_closed, wait_for
 from tests.supervisor.util import (
     READY_RE,
-    CommandProcess,
     alive,
     children,
     get,
     kill_all,
     listening_inodes,
-    python_fastgate,
     serving_pids,
     socket_inodes,
 )
@@ -124,7 +122,7 @@ def test_workers_exit_when_the_master_is_killed(serve):
 
 def test_master_as_pid_1_reaps_orphans_and_stops_on_sigterm(tmp_path):
     cmd = ["unshare", "--pid", "--fork", "--mount-proc",
-           *python_fastgate("tests.supervisor.sup_apps:app", "--port", "0", "--workers", "2", "--log-level", "debug")]
+           *fastgate_command("tests.supervisor.sup_apps:app", "--port", "0", "--workers", "2", "--log-level", "debug")]
     server = CommandProcess(cmd)
     try:
         server.start()

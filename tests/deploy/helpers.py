@@ -14,14 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from fastgate.config import Config
-from tests.server import ROOT, ServerProcess, wait_for
+from tests.server import ROOT, wait_for
 
 DEPLOY = ROOT / "deploy"
 NGINX_DIR = DEPLOY / "nginx"
@@ -44,40 +43,6 @@ def render(text: str, replacements: Mapping[str, str]) -> str:
         text = text.replace(old, new)
     return text
 
-
-class CommandProcess(ServerProcess):
-    """Like ``ServerProcess`` but runs an arbitrary command (``unshare ... python -m fastgate``)."""
-
-    def __init__(self, command: Sequence[str], **kwargs: object) -> None:
-        super().__init__([], **kwargs)  # type: ignore[arg-type]
-        self.command = list(command)
-
-    def start(self) -> CommandProcess:
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=self.new_session,
-        )
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-        if self.wait_listening:
-            from tests.server import LISTEN_RE
-
-            match = self.wait_line(LISTEN_RE, self.timeout)
-            if match.group(4):
-                self.unix_path = match.group(4)
-            else:
-                self.host, self.port = match.group(2), int(match.group(3))
-        return self
-
-
-def fastgate_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fastgate", *args]
 
 
 # ----------------------------------------------------------------------------- nginx

@@ -20,17 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.helpers import (
-    DEPLOY,
-    CommandProcess,
-    Instruction,
-    exec_form,
-    fastgate_config,
-    free_port,
-    parse_dockerfile,
-    render,
-)
-from tests.server import wait_for
+from tests.deploy.helpers import DEPLOY, Instruction, exec_form, fastgate_config, free_port, parse_dockerfile, render
+from tests.server import CommandProcess, wait_for
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 INSTRUCTIONS = parse_dockerfile(DOCKERFILE.read_text())

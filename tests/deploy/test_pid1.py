@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy.helpers import DEPLOY, CommandProcess, fastgate_config, render
-from tests.server import wait_for
+from tests.deploy.helpers import DEPLOY, fastgate_config, render
+from tests.server import CommandProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -25,17 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.helpers import (
-    DEPLOY,
-    CommandProcess,
-    Load,
-    Nginx,
-    NotifySocket,
-    render,
-    render_site,
-)
+from tests.deploy.helpers import DEPLOY, Load, Nginx, NotifySocket, render, render_site
 from tests.deploy.helpers import free_port as _free_port
-from tests.server import ROOT, wait_for
+from tests.server import ROOT, CommandProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -6,15 +6,12 @@ import glob
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-from tests.server import LISTEN_RE, ServerProcess, read_response
+from tests.server import ServerProcess, read_response
 
 READY_RE = re.compile(r"Worker (\d+) \(slot (\d+), generation (\d+)\) ready")
 
@@ -116,31 +113,6 @@ class LoadClient:
             if time.monotonic() > deadline:
                 raise AssertionError(f"load client made only {self.sent - start} requests in {timeout}s")
             time.sleep(0.01)
-
-
-class CommandProcess(ServerProcess):
-    """Like ServerProcess, but runs ``command`` (which must end up running fastgate)."""
-
-    def __init__(self, command: list[str], *, pass_fds: tuple[int, ...] = (), **kwargs: Any) -> None:
-        super().__init__([], **kwargs)
-        self.command = command
-        self.pass_fds = pass_fds
-
-    def start(self) -> CommandProcess:
-        self.proc = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=self.env, cwd=self.cwd, start_new_session=self.new_session, pass_fds=self.pass_fds,
-        )
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-        if self.wait_listening:
-            match = self.wait_line(LISTEN_RE, self.timeout)
-            self.host, self.port = match.group(2), int(match.group(3))
-        return self
-
-
-def python_fastgate(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fastgate", *args]
 
 
 def kill_all(pids: set[int] | list[int]) -> None:
