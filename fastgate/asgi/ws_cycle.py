@@ -112,11 +112,6 @@ class WebSocketCycle:
                 waiter.set_result(None)
 
     @property
-    def reading_paused(self) -> bool:
-        """Reading is paused because the app is behind (keepalive must not count it)."""
-        return self._reading_paused
-
-    @property
     def disconnected(self) -> bool:
         return self._disconnect is not None
 
