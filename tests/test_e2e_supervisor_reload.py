@@ -133,7 +133,7 @@ def test_sd_notify_ready_reloading_stopping(serve, tmp_path):
         first = sock.recv(4096).decode()
         assert first.startswith("READY=1")
         assert f"MAINPID={server.pid}" in first
-        assert "All 2 worker(s) ready" in server.output  # sent when the workers are ready
+        server.wait_line(r"All 2 worker\(s\) ready", 10)  # sent when the workers are ready
         server.signal(signal.SIGHUP)
         reloading = sock.recv(4096).decode()
         assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
