@@ -112,7 +112,8 @@ class RequestCycle:
     def feed_end(self) -> None:
         """The request body is complete."""
         self._more_body = False
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def disconnect(self) -> None:
         """The connection is gone: wake ``receive`` with ``http.disconnect``."""
@@ -173,7 +174,24 @@ class RequestCycle:
                     self._finish()
                 return
             if state is ASGIHTTPState.STARTED:
-                self._send_first_body(message.get("body", b""), message.get("more_body", False))
+                # The first body message: the head goes out with it, in one write.
+                if self._disconnected:
+                    raise ClientDisconnected("client disconnected")
+                body = message.get("body", b"")
+                more_body = message.get("more_body", False)
+                conn = self.conn
+                try:
+                    if more_body:
+                        data = conn.start_response(self.status, self.headers) + conn.send_body(body, False)
+                    else:
+                        data = conn.start_response(self.status, self.headers, body)
+                except LocalProtocolError as exc:
+                    raise ASGIProtocolError(str(exc)) from None
+                self.state = ASGIHTTPState.BODY
+                self.body_bytes = len(body)
+                self.channel.write(data)
+                if not more_body:
+                    self._finish()
                 return
             raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
         if mtype == "http.response.start":
@@ -189,23 +207,6 @@ class RequestCycle:
             self.state = ASGIHTTPState.STARTED
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
-
-    def _send_first_body(self, body: bytes, more_body: bool) -> None:
-        if self._disconnected:
-            raise ClientDisconnected("client disconnected")
-        conn = self.conn
-        try:
-            if more_body:
-                data = conn.start_response(self.status, self.headers) + conn.send_body(body, False)
-            else:
-                data = conn.start_response(self.status, self.headers, body)
-        except LocalProtocolError as exc:
-            raise ASGIProtocolError(str(exc)) from None
-        self.state = ASGIHTTPState.BODY
-        self.body_bytes = len(body)
-        self.channel.write(data)
-        if not more_body:
-            self._finish()
 
     def _send_body(self, body: bytes, more_body: bool) -> bool:
         """Write a body chunk; True when something was written (the caller drains)."""

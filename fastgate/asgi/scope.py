@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from fastgate.config import Network
 from fastgate.http.events import RequestHead
+from fastgate.http.h1 import PROXY_HEADERS
 
 Address = tuple[str, int]
 
@@ -76,12 +77,6 @@ class Forwarded:
         self.prefix: str | None = None
 
 
-_PROXY_HEADERS = frozenset(
-    (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-     b"x-forwarded-prefix")
-)
-
-
 def _rightmost_untrusted(hops: list[str], trust: ProxyTrust) -> str | None:
     for hop in reversed(hops):
         if not trust.trusts(hop):
@@ -116,7 +111,7 @@ def read_forwarded(headers: list[tuple[bytes, bytes]], trust: ProxyTrust) -> For
     """Extract forwarding information, or None when the request carries none."""
     found: dict[bytes, list[bytes]] = {}
     for name, value in headers:
-        if name in _PROXY_HEADERS:
+        if name in PROXY_HEADERS:
             found.setdefault(name, []).append(value)
     if not found:
         return None
@@ -197,6 +192,9 @@ def build_http_scope(
     trust: ProxyTrust,
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope for one request (www spec 2.5)."""
+    raw_path = head.raw_path
+    # Most paths are plain ASCII without escapes: decode them inline.
+    path = raw_path.decode("ascii") if raw_path.isascii() and b"%" not in raw_path else decode_path(raw_path)
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.5"},
@@ -208,14 +206,14 @@ def build_http_scope(
         "root_path": root_path,
         # The path includes root_path, as uvicorn and the clarified spec have it (asgiref
         # #229): the proxy stripped the prefix, the app sees the full public path.
-        "path": root_path + decode_path(head.raw_path) if root_path else decode_path(head.raw_path),
-        "raw_path": root_path.encode("utf-8") + head.raw_path if root_path else head.raw_path,
+        "path": root_path + path if root_path else path,
+        "raw_path": root_path.encode("utf-8") + raw_path if root_path else raw_path,
         "query_string": head.query_string,
         "headers": head.headers,
         "state": state.copy(),
         "extensions": {},
     }
-    if proxy_trusted:
+    if proxy_trusted and head.forwarded:
         fwd = read_forwarded(head.headers, trust)
         if fwd is not None:
             apply_forwarded(scope, fwd, websocket=False)
@@ -254,7 +252,7 @@ def build_websocket_scope(
         "state": state.copy(),
         "extensions": {"websocket.http.response": {}},
     }
-    if proxy_trusted:
+    if proxy_trusted and head.forwarded:
         fwd = read_forwarded(head.headers, trust)
         if fwd is not None:
             apply_forwarded(scope, fwd, websocket=True)

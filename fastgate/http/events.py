@@ -24,6 +24,7 @@ class RequestHead:
         "keep_alive",
         "expect_continue",
         "upgrade",
+        "forwarded",
     )
 
     def __init__(
@@ -37,6 +38,7 @@ class RequestHead:
         keep_alive: bool,
         expect_continue: bool,
         upgrade: bytes | None,
+        forwarded: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -47,6 +49,7 @@ class RequestHead:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.upgrade = upgrade
+        self.forwarded = forwarded  # carries a proxy header (Forwarded, X-Forwarded-*)
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method} {self.target!r} HTTP/{self.http_version}, {len(self.headers)} headers)"

@@ -128,6 +128,11 @@ _HEADER_CACHE_SIZE = 512
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+# Headers a proxy uses to describe the original request (read only from trusted peers).
+PROXY_HEADERS = frozenset(
+    (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+     b"x-forwarded-prefix")
+)
 _NO_BODY_STATUS = frozenset((204, 304))  # RFC 9110 §6.4.1 (1xx never reach start_response)
 
 
@@ -174,6 +179,7 @@ class H1Connection:
         "_expect_continue",
         "_upgrade",
         "_chunked",
+        "_forwarded",
         "_pending_upgrade",
         "_method",
         "_http_version",
@@ -202,6 +208,7 @@ class H1Connection:
         self._expect_continue = False
         self._upgrade: bytes | None = None
         self._chunked = False
+        self._forwarded = False
         # A WebSocket head waiting for llhttp's upgrade pause, or the framing head to replay
         # for an ignored upgrade (h2c) that carries a body.
         self._pending_upgrade: RequestHead | bytes | None = None
@@ -303,6 +310,7 @@ class H1Connection:
         self._expect_continue = False
         self._upgrade = None
         self._chunked = False
+        self._forwarded = False
 
     def on_url(self, url: bytes) -> None:
         self._progress = True
@@ -350,6 +358,11 @@ class H1Connection:
     def _on_upgrade_header(self, value: bytes) -> None:
         self._upgrade = value.strip().lower()
 
+    def _on_proxy_header(self, value: bytes) -> None:
+        # Noted here, where every header passes anyway, so that building the scope only
+        # walks the headers again for the rare request that carries one.
+        self._forwarded = True
+
     def on_chunk_header(self) -> None:
         self._progress = True
 
@@ -364,7 +377,8 @@ class H1Connection:
             if version.startswith("0."):
                 raise _Reject(400, "HTTP/0.9 is not supported")
             raise _Reject(505, f"HTTP/{version} is not supported")
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise _Reject(400, "CONNECT is not supported")
         url = self._url
@@ -409,6 +423,7 @@ class H1Connection:
             parser.should_keep_alive(),
             self._expect_continue and version == "1.1",  # never 100 to HTTP/1.0 (RFC 9110 §10.1.1)
             upgrade,
+            self._forwarded,
         )
         if upgrade is not None:
             self._pending_upgrade = head  # becomes an UpgradeRequest once llhttp stops
@@ -671,4 +686,8 @@ _SPECIAL_HEADERS = {
     b"transfer-encoding": H1Connection._on_transfer_encoding,
     b"expect": H1Connection._on_expect,
     b"upgrade": H1Connection._on_upgrade_header,
+    **dict.fromkeys(PROXY_HEADERS, H1Connection._on_proxy_header),
 }
+
+# Interned method names: one dict lookup instead of a decode per request.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}

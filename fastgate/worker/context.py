@@ -89,8 +89,7 @@ class WorkerContext:
         if not self.connections and not self.websockets:
             self.all_closed.set()
 
-    def count_request(self) -> None:
-        self.requests_served += 1
-        if self.max_requests is not None and self.requests_served == self.max_requests:
-            if self.on_max_requests is not None:
-                self.on_max_requests()
+    def check_max_requests(self) -> None:
+        """Called after each response once ``requests_served`` was counted up."""
+        if self.requests_served == self.max_requests and self.on_max_requests is not None:
+            self.on_max_requests()

@@ -358,7 +358,9 @@ class HttpProtocol(asyncio.Protocol):
     def response_complete(self) -> None:
         """The response ended: reuse the connection for the next request, or close it."""
         ctx = self.ctx
-        ctx.count_request()
+        ctx.requests_served += 1  # inlined: once per response
+        if ctx.max_requests is not None:
+            ctx.check_max_requests()
         self.cycle = None
         if self._closed:
             return
@@ -371,8 +373,10 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._close_after_response()  # it may still be sending a body we never read
             return
-        self.flow.resume_reading()
-        if self.conn.queued:
+        if self.flow.read_paused:
+            self.flow.resume_reading()
+        queued = self.conn.queued
+        if queued:
             # More pipelined requests are already parsed: gather their responses.
             self._progress = True
             if self._wbuf is None:
@@ -387,7 +391,8 @@ class HttpProtocol(asyncio.Protocol):
             if not self._eof:
                 self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
             return
-        self._process_events()
+        if queued or self._eof:  # otherwise there is nothing to process: skip the calls
+            self._process_events()
         if self.cycle is None and not self._closed and not self.transport.is_closing():
             if self._eof:
                 self._flush()

@@ -509,3 +509,29 @@ def test_no_100_continue_for_http10() -> None:
     conn.receive_data(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx")
     head = conn.next_event()
     assert isinstance(head, RequestHead) and not head.expect_continue
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (b"", False),
+        (b"X-Forwarded-For: 203.0.113.7\r\n", True),
+        (b"forwarded: for=203.0.113.7\r\n", True),
+        (b"X-FORWARDED-PREFIX: /api\r\n", True),
+        (b"X-Forwarded: nothing we read\r\n", False),
+    ],
+)
+def test_head_notes_proxy_headers(header: bytes, expected: bool) -> None:
+    # The scope builder reads proxy headers only when the head says it carries one.
+    conn = H1Connection()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n" + header + b"\r\n")
+    head = conn.next_event()
+    assert isinstance(head, RequestHead)
+    assert head.forwarded is expected
+    # ... and the flag does not stick to the next request on the connection.
+    assert conn.next_event() is END_OF_REQUEST
+    conn.start_response(204, [], b"")
+    assert conn.start_next_request()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    nxt = conn.next_event()
+    assert isinstance(nxt, RequestHead) and nxt.forwarded is False
