@@ -11,6 +11,9 @@ class Channel(Protocol):
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer."""
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Queue several pieces at once, without joining them (a vectored write)."""
+
     async def drain(self) -> None:
         """Return once the transport accepts more data (write backpressure)."""
 

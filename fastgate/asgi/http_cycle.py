@@ -27,6 +27,10 @@ logger = logging.getLogger("fastgate.error")
 # Above this many buffered request-body bytes, stop reading until the app catches up.
 HIGH_WATER = 64 * 1024
 
+# Response bodies from this size on are written next to their framing (writelines)
+# instead of joined to it: the join would copy the whole body once more in user space.
+VECTOR_MIN = 16 * 1024
+
 
 class ASGIHTTPState(enum.Enum):
     START = "start"  # no response message yet
@@ -180,8 +184,14 @@ class RequestCycle:
                 body = message.get("body", b"")
                 more_body = message.get("more_body", False)
                 conn = self.conn
+                large = len(body) >= VECTOR_MIN
                 try:
-                    if more_body:
+                    if large:
+                        if more_body:
+                            parts = [conn.start_response(self.status, self.headers), *conn.send_body_parts(body, False)]
+                        else:
+                            parts = conn.start_response_parts(self.status, self.headers, body)
+                    elif more_body:
                         data = conn.start_response(self.status, self.headers) + conn.send_body(body, False)
                     else:
                         data = conn.start_response(self.status, self.headers, body)
@@ -189,7 +199,10 @@ class RequestCycle:
                     raise ASGIProtocolError(str(exc)) from None
                 self.state = ASGIHTTPState.BODY
                 self.body_bytes = len(body)
-                self.channel.write(data)
+                if large:
+                    self.channel.writelines(parts)
+                else:
+                    self.channel.write(data)
                 if not more_body:
                     self._finish()
                 return
@@ -213,6 +226,13 @@ class RequestCycle:
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         try:
+            if len(body) >= VECTOR_MIN:
+                parts = self.conn.send_body_parts(body, not more_body)
+                self.body_bytes += len(body)
+                if parts[0]:
+                    self.channel.writelines(parts)
+                    return True
+                return False
             data = self.conn.send_body(body, not more_body)
         except LocalProtocolError as exc:
             raise ASGIProtocolError(str(exc)) from None

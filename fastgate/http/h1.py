@@ -501,6 +501,19 @@ class H1Connection:
         Raises:
             LocalProtocolError: invalid status, header name or value, or wrong state.
         """
+        return b"".join(self._start(status, headers, body))
+
+    def start_response_parts(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> list[bytes]:
+        """``start_response`` with a known body, as ``[head, body]`` for a vectored write.
+
+        For a large body: joining it to the head would copy all of it once more.
+        """
+        parts = self._start(status, headers, body)
+        return [b"".join(parts[:-1]), parts[-1]]
+
+    def _start(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None) -> list[bytes]:
+        # The wire form of start_response: head lines, then (when ``body`` is given) the
+        # framed body as the last element.
         if self.response_state is not ResponseState.WAITING:
             raise LocalProtocolError("response already started")
         status_line = STATUS_LINES.get(status) if status.__class__ is int else None
@@ -582,7 +595,7 @@ class H1Connection:
                    else b"connection: keep-alive\r\n\r\n" if self._http_version == "1.0" else b"\r\n")
             append(body)
             self.response_state = ResponseState.DONE
-            return b"".join(parts)
+            return parts
         elif self._http_version == "1.1":
             append(b"transfer-encoding: chunked\r\n")
             self._framing = 1
@@ -600,7 +613,7 @@ class H1Connection:
         self.response_state = ResponseState.BODY
         if body is not None:
             append(self.send_body(body, end=True))
-        return b"".join(parts)
+        return parts
 
     def send_body(self, data: bytes, end: bool) -> bytes:
         """Frame a piece of the response body.
@@ -639,6 +652,15 @@ class H1Connection:
                 return chunk + b"0\r\n\r\n" if end else chunk
             return b"0\r\n\r\n" if end else b""
         return data
+
+    def send_body_parts(self, data: bytes, end: bool) -> list[bytes]:
+        """``send_body`` for a large piece, as parts for a vectored write: a chunk's
+        framing goes around ``data`` instead of being joined to it (which copies it)."""
+        if self._framing == 1 and data and not self._no_body and self.response_state is ResponseState.BODY:
+            if end:
+                self.response_state = ResponseState.DONE
+            return [b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n" if end else b"\r\n"]
+        return [self.send_body(data, end)]
 
     def error_response(self, status: int, reason: str = "") -> bytes:
         """A complete plain-text error response; the connection must close after it.

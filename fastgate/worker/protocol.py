@@ -315,6 +315,17 @@ class HttpProtocol(asyncio.Protocol):
                 if self._wbuf_size > WRITE_GATHER_LIMIT:
                     self._flush()
 
+    def writelines(self, parts: list[bytes]) -> None:
+        if not self._closed:
+            wbuf = self._wbuf
+            if wbuf is None:
+                self.transport.writelines(parts)
+            else:
+                wbuf.extend(parts)
+                self._wbuf_size += sum(map(len, parts))
+                if self._wbuf_size > WRITE_GATHER_LIMIT:
+                    self._flush()
+
     def _flush(self) -> None:
         """Write what was gathered and stop gathering; before any other transport call."""
         wbuf = self._wbuf

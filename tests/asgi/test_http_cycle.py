@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fastgate.asgi.http_cycle import HIGH_WATER, ASGIHTTPState, RequestCycle
+from fastgate.asgi.http_cycle import HIGH_WATER, VECTOR_MIN, ASGIHTTPState, RequestCycle
 from fastgate.errors import ASGIProtocolError, ClientDisconnected
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, RequestHead
 from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
@@ -17,6 +17,7 @@ from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
 class FakeChannel:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.vectored: list[list[bytes]] = []  # each writelines call
         self.paused = False
         self.pauses = 0
         self.closed = False
@@ -26,6 +27,10 @@ class FakeChannel:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.vectored.append(parts)
+        self.written.extend(parts)
 
     async def drain(self) -> None:
         self.drains += 1
@@ -89,6 +94,53 @@ def test_simple_response_is_one_write_with_content_length() -> None:
     assert channel.written == [b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"]
     assert cycle.state is ASGIHTTPState.DONE and channel.completed == 1
     assert logged == [cycle] and cycle.status == 200 and cycle.body_bytes == 2
+
+
+def test_large_single_body_is_written_beside_its_head_not_joined() -> None:
+    body = bytes(range(256)) * (VECTOR_MIN // 256)
+    cycle, channel = make()
+    cycle.feed_end()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await respond(send, body)
+
+    run(cycle.run(app))
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n" % len(body)
+    assert channel.vectored == [[head, body]]
+    assert channel.vectored[0][1] is body  # not copied
+    assert channel.completed == 1 and cycle.body_bytes == len(body)
+
+
+def test_large_chunks_are_framed_around_the_data() -> None:
+    big = b"z" * VECTOR_MIN
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": big, "more_body": True})
+        await send({"type": "http.response.body", "body": b"small", "more_body": True})
+        await send({"type": "http.response.body", "body": big})
+
+    run(cycle.run(app))
+    size = b"%x\r\n" % len(big)
+    assert channel.data == (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + size + big + b"\r\n"
+                            + b"5\r\nsmall\r\n" + size + big + b"\r\n0\r\n\r\n")
+    assert all(any(part is big for part in parts) for parts in channel.vectored) and len(channel.vectored) == 2
+    assert channel.drains == 2 and channel.completed == 1 and cycle.body_bytes == 2 * len(big) + 5
+
+
+def test_large_head_request_body_is_not_written() -> None:
+    cycle, channel = make(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    cycle.feed_end()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * VECTOR_MIN, "more_body": True})
+        await send({"type": "http.response.body", "body": b"x" * VECTOR_MIN})
+
+    run(cycle.run(app))
+    assert channel.data == b"HTTP/1.1 200 OK\r\n\r\n"  # a HEAD answer: the head alone
+    assert channel.completed == 1
 
 
 def test_streaming_response_drains_between_chunks() -> None:

@@ -535,3 +535,41 @@ def test_head_notes_proxy_headers(header: bytes, expected: bool) -> None:
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     nxt = conn.next_event()
     assert isinstance(nxt, RequestHead) and nxt.forwarded is False
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("status", [200, 204])
+@pytest.mark.parametrize("app_length", [False, True])
+def test_parts_variants_serialise_like_the_joined_ones(method: bytes, status: int, app_length: bool) -> None:
+    # start_response_parts / send_body_parts only split what start_response / send_body
+    # return; the bytes on the wire, and the state afterwards, are the same.
+    body = b"b" * 100
+
+    def conn() -> H1Connection:
+        c = H1Connection(defaults=DefaultHeaders(server=None))
+        c.receive_data(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert isinstance(c.next_event(), RequestHead) and c.next_event() is END_OF_REQUEST
+        return c
+
+    headers = [(b"content-length", b"100")] if app_length else []
+    a, b = conn(), conn()
+    assert b"".join(a.start_response_parts(status, headers, body)) == b.start_response(status, headers, body)
+    assert a.response_state is b.response_state and a.keep_alive is b.keep_alive
+
+    a, b = conn(), conn()
+    assert a.start_response(status, headers) == b.start_response(status, headers)
+    assert b"".join(a.send_body_parts(body, False)) == b.send_body(body, False)
+    assert b"".join(a.send_body_parts(b"", True)) == b.send_body(b"", True)
+    assert a.response_state is b.response_state is ResponseState.DONE
+
+
+def test_send_body_parts_keeps_the_data_object() -> None:
+    c = H1Connection()
+    c.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    c.next_event()
+    c.start_response(200, [])
+    data = b"d" * 40000
+    parts = c.send_body_parts(data, True)
+    assert parts[1] is data and parts == [b"9c40\r\n", data, b"\r\n0\r\n\r\n"]
+    with pytest.raises(LocalProtocolError):
+        c.send_body_parts(data, False)  # the response is over
