@@ -84,6 +84,7 @@ class ConnectionState(enum.Enum):
     OPEN = "open"
     ERROR = "error"  # a BadRequest was queued: answer it and close
     SWITCHED = "switched"  # an UpgradeRequest was queued: bytes now belong to another protocol
+    CLOSED = "closed"  # the transport is gone (see close)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +254,17 @@ class H1Connection:
             self._stalled += len(data)
             if self._stalled > self.limits.max_header_size + _FIELD_SLACK:
                 self._fail(431, "header field too large")
+
+    def close(self) -> None:
+        """The transport is gone: parse nothing more and let go of the parser.
+
+        The parser holds this object for its callbacks: a reference cycle, which would
+        leave every closed connection's objects to the cyclic garbage collector instead of
+        freeing them at once.
+        """
+        if self.state is not ConnectionState.CLOSED:
+            self.state = ConnectionState.CLOSED
+            del self._parser
 
     def receive_eof(self) -> None:
         """The peer half-closed. A request cut short is dropped; nothing else to do."""

@@ -32,6 +32,7 @@ class WorkerContext:
         http = config.http
         self.config = config
         self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's loop, set by the first connection
         self.lifespan_state: dict[str, Any] = lifespan_state if lifespan_state is not None else {}
         self.root_path = config.app.root_path
         self.limits = H1Limits(

@@ -31,6 +31,8 @@ WRITE_GATHER_LIMIT = 64 * 1024
 
 
 def _address(info: Any) -> tuple[str, int] | None:
+    if info.__class__ is tuple and len(info) == 2 and info[0].__class__ is str and info[1].__class__ is int:
+        return info  # IPv4 (host, port): as is
     if isinstance(info, tuple) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     return None
@@ -41,7 +43,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self.loop = asyncio.get_running_loop()
+        loop = ctx.loop
+        if loop is None:
+            # Cached: on Python 3.11 get_running_loop() makes a getpid() system call, once
+            # per connection here.
+            loop = ctx.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.transport: asyncio.Transport
         self.flow: FlowControl
         self.conn = H1Connection(ctx.limits, ctx.defaults)
@@ -123,6 +130,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
+        # Drop the references back to this object (bound methods, the parser's callbacks):
+        # with no cycle left, a closed connection is freed at once, not by the cyclic GC.
+        self._on_timeout = self._pending = None
+        self.conn.close()
         self.flow.connection_lost()
         if self.cycle is not None:
             self.cycle.disconnect()
@@ -300,6 +311,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_protocol(ws)
         ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
         self._closed = True
+        self._on_timeout = self._pending = None  # no cycle left (see connection_lost)
+        self.conn.close()
         ctx.unregister(self)
 
     # ------------------------------------------------------------ Channel

@@ -50,7 +50,7 @@ class WebSocketProtocol(asyncio.Protocol):
                  scope: dict[str, Any]) -> None:
         settings = ctx.config.websocket
         self.ctx = ctx
-        self.loop = asyncio.get_running_loop()
+        self.loop = ctx.loop or asyncio.get_running_loop()
         self.transport = transport
         self.flow = flow
         self.session = WebSocketSession(
@@ -68,6 +68,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._handshake_paused = False
         self._queue_paused = False
         self._closed = False
+        self._released = False
         self._out: list[bytes] = []
         self._out_size = 0
         self._out_scheduled = False
@@ -227,8 +228,12 @@ class WebSocketProtocol(asyncio.Protocol):
     def _maybe_unregister(self) -> None:
         # Registered until both the connection and the app are done, so a graceful drain
         # waits for the app to handle websocket.disconnect.
-        if self._closed and (self.task is None or self.task.done()):
+        if self._closed and (self.task is None or self.task.done()) and not self._released:
+            self._released = True
             self.ctx.unregister_websocket(self)
+            # Both sides are done: the cycle (whose channel is this object) goes, so nothing
+            # refers back here and the connection is freed at once, not by the cyclic GC.
+            del self.cycle
 
     # ------------------------------------------------------------ timers
 
