@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 
@@ -14,8 +15,8 @@ class Channel(Protocol):
     def writelines(self, parts: list[bytes]) -> None:
         """Queue several pieces at once, without joining them (a vectored write)."""
 
-    async def drain(self) -> None:
-        """Return once the transport accepts more data (write backpressure)."""
+    def drain(self) -> Awaitable[None]:
+        """Await it to wait until the transport accepts more data (write backpressure)."""
 
     def pause_reading(self) -> None:
         """Stop reading from the peer (read backpressure)."""

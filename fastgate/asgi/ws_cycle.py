@@ -17,6 +17,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from fastgate.asgi.types import ASGIApp, Message
@@ -32,8 +33,8 @@ class WebSocketChannel(Protocol):
     def flush(self) -> None:
         """Write what the session has to send; feed its new events to the cycle."""
 
-    async def drain(self) -> None:
-        """Return once the transport accepts more data."""
+    def drain(self) -> Awaitable[None]:
+        """Await it to wait until the transport accepts more data."""
 
     def pause_reading(self) -> None:
         """Stop reading (the incoming queue is full)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
@@ -361,8 +361,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._flush()
 
-    async def drain(self) -> None:
-        await self.flow.drain()
+    def drain(self) -> Awaitable[None]:
+        return self.flow.drain()  # its coroutine, not one more wrapped around it
 
     def pause_reading(self) -> None:
         self.flow.pause_reading()

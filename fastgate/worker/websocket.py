@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from fastgate.asgi.ws_cycle import WebSocketCycle
@@ -178,8 +179,8 @@ class WebSocketProtocol(asyncio.Protocol):
             for message in events:
                 feed(message)
 
-    async def drain(self) -> None:
-        await self.flow.drain()
+    def drain(self) -> Awaitable[None]:
+        return self.flow.drain()  # its coroutine, not one more wrapped around it
 
     def pause_reading(self) -> None:
         self._queue_paused = True
