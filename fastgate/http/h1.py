@@ -181,6 +181,7 @@ class H1Connection:
         "_upgrade",
         "_chunked",
         "_forwarded",
+        "_rare",
         "_pending_upgrade",
         "_method",
         "_http_version",
@@ -210,6 +211,7 @@ class H1Connection:
         self._upgrade: bytes | None = None
         self._chunked = False
         self._forwarded = False
+        self._rare = False  # one of the four flags above was set (see on_message_begin)
         # A WebSocket head waiting for llhttp's upgrade pause, or the framing head to replay
         # for an ignored upgrade (h2c) that carries a body.
         self._pending_upgrade: RequestHead | bytes | None = None
@@ -298,7 +300,11 @@ class H1Connection:
             self.request_state = RequestState.BODY
             assert isinstance(event, (RequestHead, UpgradeRequest))
             head = event if cls is RequestHead else event.head  # type: ignore[union-attr]
-            self._begin_response(head)  # type: ignore[arg-type]
+            # The response to this request begins (inlined: once per request).
+            self.response_state = ResponseState.WAITING
+            self._method = head.method  # type: ignore[union-attr]
+            self._http_version = head.http_version  # type: ignore[union-attr]
+            self.keep_alive = self.keep_alive and head.keep_alive  # type: ignore[union-attr]
         elif event is END_OF_REQUEST:
             self.request_state = RequestState.DONE
         else:  # BadRequest (the queue holds nothing else)
@@ -319,10 +325,12 @@ class H1Connection:
         self._url = b""
         self._headers = []
         self._host_count = 0
-        self._expect_continue = False
-        self._upgrade = None
-        self._chunked = False
-        self._forwarded = False
+        if self._rare:  # flags only rare headers set: reset them only when one was set
+            self._rare = False
+            self._expect_continue = False
+            self._upgrade = None
+            self._chunked = False
+            self._forwarded = False
 
     def on_url(self, url: bytes) -> None:
         self._progress = True
@@ -361,19 +369,21 @@ class H1Connection:
         # Only a bare `chunked` is understood; `gzip, chunked` would need decoding we don't do.
         if self._chunked or value.strip().lower() != b"chunked":
             raise _Reject(400, "unsupported Transfer-Encoding")
-        self._chunked = True
+        self._chunked = self._rare = True
         self._trailers = 0  # only chunked messages have trailers: reset here, off the GET path
 
     def _on_expect(self, value: bytes) -> None:
         self._expect_continue = value.strip().lower() == b"100-continue"
+        self._rare = True
 
     def _on_upgrade_header(self, value: bytes) -> None:
         self._upgrade = value.strip().lower()
+        self._rare = True
 
     def _on_proxy_header(self, value: bytes) -> None:
         # Noted here, where every header passes anyway, so that building the scope only
         # walks the headers again for the rare request that carries one.
-        self._forwarded = True
+        self._forwarded = self._rare = True
 
     def on_chunk_header(self) -> None:
         self._progress = True
@@ -488,12 +498,6 @@ class H1Connection:
         self.state = ConnectionState.ERROR
 
     # ---------------------------------------------------------------- sending
-
-    def _begin_response(self, head: RequestHead) -> None:
-        self.response_state = ResponseState.WAITING
-        self._method = head.method
-        self._http_version = head.http_version
-        self.keep_alive = self.keep_alive and head.keep_alive
 
     def start_response(
         self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None = None

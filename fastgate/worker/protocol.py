@@ -61,8 +61,8 @@ class HttpProtocol(asyncio.Protocol):
         # Loop time at which the pending timeout fires (0.0: none), checked by the worker's
         # DeadlineSweeper: cheaper than a call_later per request.
         self.deadline = 0.0
-        self._deadline_idle = False  # idle keep-alive (reset by new bytes) vs head deadline (never reset)
-        self._on_timeout: Any = None
+        # Which deadline: idle keep-alive (reset by new bytes) or request head (never reset).
+        self._deadline_idle = False
         self._closed = False
         self._pending: Callable[[], None] | None = None  # starts the app once the head's events are in
         self._in_events = False
@@ -97,7 +97,7 @@ class HttpProtocol(asyncio.Protocol):
             self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
         # Accepted while draining (the accept raced the listener close): the client has
         # sent or will send a request; serve it with keep-alive off rather than reset it.
-        self._arm_timer(ctx.timeout_request_header, self._on_header_timeout)
+        self._arm_timer(ctx.timeout_request_header)
         ctx.sweeper.wake(self.loop)
 
     def data_received(self, data: bytes) -> None:
@@ -112,7 +112,7 @@ class HttpProtocol(asyncio.Protocol):
             # Part of a head arrived: the client now has a deadline to finish it, which
             # further bytes do not extend (slowloris).
             if not self._closed and not self.transport.is_closing():
-                self._arm_timer(self.ctx.timeout_request_header, self._on_header_timeout)
+                self._arm_timer(self.ctx.timeout_request_header)
 
     def eof_received(self) -> bool | None:
         self.conn.receive_eof()
@@ -130,9 +130,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timer()
-        # Drop the references back to this object (bound methods, the parser's callbacks):
+        # Drop the references back to this object (a stored bound method, the parser's callbacks):
         # with no cycle left, a closed connection is freed at once, not by the cyclic GC.
-        self._on_timeout = self._pending = None
+        self._pending = None
         self.conn.close()
         self.flow.connection_lost()
         if self.cycle is not None:
@@ -311,7 +311,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_protocol(ws)
         ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
         self._closed = True
-        self._on_timeout = self._pending = None  # no cycle left (see connection_lost)
+        self._pending = None  # no cycle left (see connection_lost)
         self.conn.close()
         ctx.unregister(self)
 
@@ -413,7 +413,7 @@ class HttpProtocol(asyncio.Protocol):
             # the next request (and closes after the last one on EOF); until one arrives
             # the connection is idle.
             if not self._eof:
-                self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+                self._arm_timer(ctx.timeout_keep_alive, True)
             return
         if queued or self._eof:  # otherwise there is nothing to process: skip the calls
             self._process_events()
@@ -422,7 +422,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._flush()
                 self.transport.close()  # nothing more can arrive
             elif self.conn.request_state is RequestState.HEAD:
-                self._arm_timer(ctx.timeout_keep_alive, self._on_keep_alive_timeout, idle=True)
+                self._arm_timer(ctx.timeout_keep_alive, True)
 
     def _close_after_response(self) -> None:
         """Close while the client may still be sending (an unread body, a rejected head).
@@ -467,9 +467,9 @@ class HttpProtocol(asyncio.Protocol):
         if not self._closed:
             self.transport.abort()
 
-    def _arm_timer(self, delay: float, callback: Any, idle: bool = False) -> None:
+    def _arm_timer(self, delay: float, idle: bool = False) -> None:
+        """Set the request-head deadline, or with ``idle`` the keep-alive one."""
         self._deadline_idle = idle
-        self._on_timeout = callback
         now = self.loop.time()
         self.deadline = now + delay if delay > 0 else now
         if delay <= 0:
@@ -485,10 +485,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_deadline(self) -> None:
         """Called by the worker's DeadlineSweeper once ``deadline`` has passed."""
-        callback = self._on_timeout
+        idle = self._deadline_idle
         self._cancel_timer()
-        if callback is not None:
-            callback()
+        if idle:
+            self._on_keep_alive_timeout()
+        else:
+            self._on_header_timeout()
 
     def _on_header_timeout(self) -> None:
         if self._closed or self.cycle is not None:
