@@ -81,7 +81,11 @@ def fastgate_worker_count(requested: int) -> int:
 
 
 def pkg_version(python: str, module: str) -> str:
-    code = f"import importlib.metadata as m; print(m.version({module!r}))"
+    # Installed metadata, else the module's __version__ (fastgate runs from this checkout,
+    # installed or not).
+    code = (f"import importlib, importlib.metadata as m\n"
+            f"try: print(m.version({module!r}))\n"
+            f"except m.PackageNotFoundError: print(importlib.import_module({module!r}).__version__)")
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
         return out.stdout.strip() or "?"

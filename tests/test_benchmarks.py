@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from benchmarks import run, ws_load
+from tests.server import ROOT, CommandProcess
 
 WRK_OUT = """\
 Running 2s test @ http://127.0.0.1:8000/
@@ -94,3 +95,12 @@ def test_bench_h1_runs_every_mode(capsys, big):
     out = capsys.readouterr().out
     for mode in ("h1", "cycle", "protocol", "close"):
         assert mode in out
+
+
+@pytest.mark.parametrize("mode", ["bare", "inline", "task"])
+def test_floor_server_answers_in_every_mode(mode):
+    command = [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--port", "0", "--mode", mode]
+    with CommandProcess(command) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(3):  # keep-alive: the parser is reused
+            r = client.get("/")
+            assert r.status_code == 200 and r.text == "Hello, world!"

@@ -33,6 +33,7 @@ from fastgate.errors import (
 )
 from fastgate.logs import error_logger, reopen_files
 from fastgate.worker.context import WorkerContext
+from fastgate.worker.memory import keep_heap
 from fastgate.worker.protocol import HttpProtocol
 
 
@@ -281,6 +282,7 @@ def run_worker(
         os.setpgid(0, 0)
     except OSError:
         pass
+    keep_heap()
     try:
         app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
                        interface=config.app.interface)
@@ -331,6 +333,7 @@ def run_single(config: Config) -> int:
     """Bind, load and serve in this one process (``--workers 0``)."""
     from fastgate.supervisor.sockets import bind_all
 
+    keep_heap()
     try:
         app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
                        interface=config.app.interface)
