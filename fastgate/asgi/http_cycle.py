@@ -178,33 +178,7 @@ class RequestCycle:
                     self._finish()
                 return
             if state is ASGIHTTPState.STARTED:
-                # The first body message: the head goes out with it, in one write.
-                if self._disconnected:
-                    raise ClientDisconnected("client disconnected")
-                body = message.get("body", b"")
-                more_body = message.get("more_body", False)
-                conn = self.conn
-                large = len(body) >= VECTOR_MIN
-                try:
-                    if large:
-                        if more_body:
-                            parts = [conn.start_response(self.status, self.headers), *conn.send_body_parts(body, False)]
-                        else:
-                            parts = conn.start_response_parts(self.status, self.headers, body)
-                    elif more_body:
-                        data = conn.start_response(self.status, self.headers) + conn.send_body(body, False)
-                    else:
-                        data = conn.start_response(self.status, self.headers, body)
-                except LocalProtocolError as exc:
-                    raise ASGIProtocolError(str(exc)) from None
-                self.state = ASGIHTTPState.BODY
-                self.body_bytes = len(body)
-                if large:
-                    self.channel.writelines(parts)
-                else:
-                    self.channel.write(data)
-                if not more_body:
-                    self._finish()
+                self._send_first_body(message.get("body", b""), message.get("more_body", False))
                 return
             raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
         if mtype == "http.response.start":
@@ -221,26 +195,50 @@ class RequestCycle:
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
 
+    def _send_first_body(self, body: bytes, more_body: bool) -> None:
+        """The head goes out with the first body message, in one write."""
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        conn = self.conn
+        try:
+            if len(body) >= VECTOR_MIN:  # beside the head, not joined to it: no copy
+                parts = ([conn.start_response(self.status, self.headers), *conn.send_body_parts(body, False)]
+                         if more_body else conn.start_response_parts(self.status, self.headers, body))
+            elif more_body:
+                parts = [conn.start_response(self.status, self.headers) + conn.send_body(body, False)]
+            else:
+                parts = [conn.start_response(self.status, self.headers, body)]
+        except LocalProtocolError as exc:
+            raise ASGIProtocolError(str(exc)) from None
+        self.state = ASGIHTTPState.BODY
+        self.body_bytes = len(body)
+        if len(parts) == 1:
+            self.channel.write(parts[0])
+        else:
+            self.channel.writelines(parts)
+        if not more_body:
+            self._finish()
+
     def _send_body(self, body: bytes, more_body: bool) -> bool:
         """Write a body chunk; True when something was written (the caller drains)."""
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
+        end = not more_body
         try:
-            if len(body) >= VECTOR_MIN:
-                parts = self.conn.send_body_parts(body, not more_body)
-                self.body_bytes += len(body)
-                if parts[0]:
-                    self.channel.writelines(parts)
-                    return True
-                return False
-            data = self.conn.send_body(body, not more_body)
+            if len(body) >= VECTOR_MIN:  # framed around the data, not joined to it: no copy
+                parts = self.conn.send_body_parts(body, end)
+            else:
+                parts = [self.conn.send_body(body, end)]
         except LocalProtocolError as exc:
             raise ASGIProtocolError(str(exc)) from None
         self.body_bytes += len(body)
-        if data:
-            self.channel.write(data)
-            return True
-        return False
+        if not parts[0]:
+            return False  # nothing to write (an empty chunk, or a HEAD response)
+        if len(parts) == 1:
+            self.channel.write(parts[0])
+        else:
+            self.channel.writelines(parts)
+        return True
 
     def _finish(self) -> None:
         self.state = ASGIHTTPState.DONE
