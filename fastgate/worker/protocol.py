@@ -329,15 +329,11 @@ class HttpProtocol(asyncio.Protocol):
                     self._flush()
 
     def writelines(self, parts: list[bytes]) -> None:
-        if not self._closed:
-            wbuf = self._wbuf
-            if wbuf is None:
-                self.transport.writelines(parts)
-            else:
-                wbuf.extend(parts)
-                self._wbuf_size += sum(map(len, parts))
-                if self._wbuf_size > WRITE_GATHER_LIMIT:
-                    self._flush()
+        if self._wbuf is not None:
+            for part in parts:  # gathering pipelined responses: as write() does
+                self.write(part)
+        elif not self._closed:
+            self.transport.writelines(parts)
 
     def _flush(self) -> None:
         """Write what was gathered and stop gathering; before any other transport call."""
