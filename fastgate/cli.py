@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from fastgate import __version__
-from fastgate.config import BOOL, LIST, OPTIONS, Config, load, parse_value
+from fastgate.config import BOOL, LIST, OPTIONS, Config, closest, load, parse_value
 from fastgate.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
 _SECTION_TITLES = {
@@ -29,10 +29,26 @@ _SECTION_TITLES = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump), like every other config error."""
+    """argparse, but a usage error is one line (no usage dump), like every other config error,
+    and options must be spelled out: with argparse's prefix matching, ``--timeout-request 1``
+    silently set ``--timeout-request-header``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"fastgate: error: {message} (see 'fastgate --help')\n")
+
+    def reject_unknown(self, extras: list[str]) -> None:
+        """One line naming the first unknown option and the closest real one."""
+        unknown = next((a for a in extras if a.startswith("-")), extras[0])
+        flag = unknown.partition("=")[0]
+        flags = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        if not flag.startswith("-"):
+            self.error(f"unexpected argument {unknown!r}")
+        hint = closest(flag, flags)
+        self.exit(EXIT_USAGE, f"fastgate: error: unknown option {flag}"
+                  + (f"; did you mean {hint}?\n" if hint else " (see 'fastgate --help')\n"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         SystemExit: argparse rejected the command line (exit 2).
     """
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extras = parser.parse_known_args(argv)
+    if extras:
+        assert isinstance(parser, _Parser)
+        parser.reject_unknown(extras)
     given: dict[str, Any] = {}
     for name, raw in vars(ns).items():
         spec = OPTIONS.get(name)

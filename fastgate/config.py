@@ -14,6 +14,7 @@ built from these values in the process that uses them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -22,7 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastgate.errors import ConfigError
+from fastgate.errors import ConfigError, LocalProtocolError
+from fastgate.fields import check_field
 
 ENV_PREFIX = "FASTGATE_"
 
@@ -400,13 +402,43 @@ def read_toml(path: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         name = _BY_FLAG.get(name, name)  # the flag's spelling works too: header = [...]
         if name not in OPTIONS:
-            raise ConfigError(f"--config: unknown option {key!r} in {path!r}; see 'fastgate --help'")
+            hint = closest(key, [o.flag[2:] for o in OPTIONS.values()])
+            raise ConfigError(f"--config: unknown option {key!r} in {path!r}"
+                              + (f"; did you mean {hint!r}?" if hint else "; see 'fastgate --help'"))
         out[name] = parse_value(OPTIONS[name], value, f"config file {path}")
     return out
 
 
+# FASTGATE_* variables that are not options.
+NON_OPTION_ENV = frozenset({ENV_PREFIX + "CONFIG"})
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate most like ``name`` (a mistyped or shortened option), or None.
+
+    A candidate that ``name`` abbreviates wins (the shortest such), then the closest by
+    spelling.
+    """
+    longer = sorted((c for c in candidates if c.startswith(name)), key=len)
+    if longer:
+        return longer[0]
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Options set through ``FASTGATE_<NAME>`` (and the few foreign names like WEB_CONCURRENCY)."""
+    """Options set through ``FASTGATE_<NAME>`` (and the few foreign names like WEB_CONCURRENCY).
+
+    Raises:
+        ConfigError: a ``FASTGATE_`` variable names no option (a typo would otherwise be
+            silently ignored, and the setting the operator meant never applied).
+    """
+    known = {name for spec in OPTIONS.values() for name in spec.env_names} | NON_OPTION_ENV
+    for env_name in environ:
+        if env_name.startswith(ENV_PREFIX) and env_name not in known:
+            hint = closest(env_name, sorted(known))
+            raise ConfigError(f"environment variable {env_name}: no such option"
+                              + (f"; did you mean {hint}?" if hint else "; see 'fastgate --help'"))
     out: dict[str, Any] = {}
     for spec in OPTIONS.values():
         # The FASTGATE_ name wins over foreign ones: check it last.
@@ -481,8 +513,13 @@ def validate(config: Config) -> None:
     positive("--limit-max-requests-jitter", h.limit_max_requests_jitter, allow_zero=True)
     for header in h.headers:
         name, sep, value = header.partition(":")
-        if not sep or not name.strip() or any(c in header for c in "\r\n\0"):
-            raise ConfigError(f"--header: expected NAME:VALUE without line breaks (got {header!r})")
+        try:
+            check_field(name.strip().encode("latin-1"), value.strip().encode("latin-1"))
+        except (LocalProtocolError, UnicodeEncodeError):
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--header: expected NAME:VALUE, a token name and a value without control "
+                              f"characters (got {header!r})")
     for flag, path in (("--health-path", h.health_path), ("--ready-path", h.ready_path)):
         if path is not None and not path.startswith("/"):
             raise ConfigError(f"{flag}: must start with '/' (got {path!r})")

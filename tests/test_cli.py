@@ -84,7 +84,7 @@ def test_check_config(capsys: pytest.CaptureFixture[str]) -> None:
         (["x:y", "--timeout-keep-alive", "-3"], "fastgate: error: --timeout-keep-alive: must be >= 0"),
         (["x:y", "--header", "broken"], "fastgate: error: --header: expected NAME:VALUE"),
         (["x:y", "--forwarded-allow-ips", "nope"], "fastgate: error: --forwarded-allow-ips: 'nope' is not an IP"),
-        (["x:y", "--no-such-flag"], "fastgate: error: unrecognized arguments: --no-such-flag (see 'fastgate --help')"),
+        (["x:y", "--no-such-flag"], "fastgate: error: unknown option --no-such-flag (see 'fastgate --help')"),
         (["x:y", "--port"], "fastgate: error: argument --port: expected one argument"),
         (["x:y", "--config", "/nonexistent/fastgate.toml"], "fastgate: error: --config: cannot read"),
         ([], "fastgate: error: no application given"),
@@ -127,3 +127,53 @@ def test_python_dash_m_runs_the_cli() -> None:
                           text=True, env=env, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "fastgate: error: --port: expected an integer, got 'nope' (from command line --port)"
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGATE_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fastgate", *argv], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env=full_env)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expect"),
+    [
+        # argparse would take each of these as a prefix of a longer flag and set that one.
+        (["--timeout-request", "1"], {}, "unknown option --timeout-request; did you mean --timeout-request-header?"),
+        (["--timeout-request=1"], {}, "unknown option --timeout-request; did you mean --timeout-request-header?"),
+        (["--wor", "2"], {}, "unknown option --wor; did you mean --workers?"),
+        (["--no-access"], {}, "unknown option --no-access; did you mean --no-access-log?"),
+        (["--workrs", "2"], {}, "unknown option --workrs; did you mean --workers?"),
+        (["--zzzzzz"], {}, "unknown option --zzzzzz"),
+        ([], {"FASTGATE_WORKRS": "2"}, "environment variable FASTGATE_WORKRS: no such option; did you mean "
+                                       "FASTGATE_WORKERS?"),
+        ([], {"FASTGATE_TIMEOUT_REQUEST": "1"}, "did you mean FASTGATE_TIMEOUT_REQUEST_HEADER?"),
+        (["--header", "X-A: 1\x01"], {}, "--header: expected NAME:VALUE"),
+        (["--header", "X A: 1"], {}, "--header: expected NAME:VALUE"),
+    ],
+)
+def test_options_must_match_exactly(argv: list[str], env: dict[str, str], expect: str) -> None:
+    result = run_cli("tests.apps:app", "--check-config", *argv, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_file_keys_must_match_exactly(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("timeout-request = 1\n")
+    result = run_cli("tests.apps:app", "--check-config", "--config", str(toml))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"fastgate: error: --config: unknown option 'timeout-request' in {str(toml)!r}; "
+                                     "did you mean 'timeout-request-header'?")
+
+
+def test_the_full_flag_still_works() -> None:
+    result = run_cli("tests.apps:app", "--print-config", "--timeout-request-header", "3", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["timeout_request_header"] == 3.0 and out["workers"] == 2

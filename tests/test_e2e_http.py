@@ -313,7 +313,7 @@ def test_app_errors(server: ServerProcess) -> None:
             assert closed(sock)
     server.wait_line("boom before the response")
     server.wait_line("returned without sending a response")
-    server.wait_line("invalid response header")
+    server.wait_line("Invalid response from the ASGI application .* invalid header value")
     with server.connect() as sock:
         sock.sendall(get("/raise-after-start"))
         data = recv_until_closed(sock)

@@ -12,21 +12,23 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fastgate"
 
-LEAF = {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.logging", "fastgate.ipc", "fastgate.notify",
+LEAF = {"fastgate.config", "fastgate.errors", "fastgate.fields", "fastgate.logs", "fastgate.logging", "fastgate.ipc",
+        "fastgate.notify",
         "fastgate.asgi.types", "fastgate.asgi.channel"}
 
 # What each layer may import from fastgate (module-level imports). A module's own package
 # prefix decides its layer; more specific entries come first.
 ALLOWED: list[tuple[str, set[str]]] = [
-    ("fastgate.config", {"fastgate.errors"}),
+    ("fastgate.config", {"fastgate.errors", "fastgate.fields"}),
+    ("fastgate.fields", {"fastgate.errors"}),
     ("fastgate.errors", set()),
     ("fastgate.ipc", set()),
     ("fastgate.logs", {"fastgate.config"}),
     ("fastgate.logging", {"fastgate.config"}),
     ("fastgate.asgi.types", set()),
     ("fastgate.asgi.channel", set()),
-    ("fastgate.http", {"fastgate.http", "fastgate.errors"}),
-    ("fastgate.ws", {"fastgate.ws", "fastgate.http", "fastgate.errors", "fastgate.asgi.types"}),
+    ("fastgate.http", {"fastgate.http", "fastgate.errors", "fastgate.fields"}),
+    ("fastgate.ws", {"fastgate.ws", "fastgate.http", "fastgate.errors", "fastgate.fields", "fastgate.asgi.types"}),
     # scope.py reads the parsed networks type from config (a leaf).
     ("fastgate.asgi", {"fastgate.asgi", "fastgate.http", "fastgate.ws"} | LEAF),
     ("fastgate.worker", {"fastgate.worker", "fastgate.asgi", "fastgate.http", "fastgate.ws"} | LEAF),

@@ -20,6 +20,7 @@ from typing import Any
 from fastgate.asgi.channel import Channel
 from fastgate.asgi.types import ASGIApp, Message
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
+from fastgate.fields import status_code
 from fastgate.http.h1 import CONTINUE, H1Connection
 
 logger = logging.getLogger("fastgate.error")
@@ -72,6 +73,7 @@ class RequestCycle:
         "_peer_closed",
         "_waiter",
         "_reading_paused",
+        "_refused",
     )
 
     def __init__(
@@ -101,6 +103,7 @@ class RequestCycle:
         self._peer_closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._refused: BaseException | None = None  # the error a 500 was already sent for
 
     # ----------------------------------------------------------- from the protocol
 
@@ -188,7 +191,10 @@ class RequestCycle:
                 raise ClientDisconnected("client disconnected")
             status = message["status"]
             if status.__class__ is not int:
-                raise ASGIProtocolError(f"status must be an int, got {status!r}")
+                try:
+                    status = status_code(status)  # HTTPStatus.OK is an int too
+                except LocalProtocolError as exc:
+                    raise self._refuse(exc) from None
             self.status = status
             self.headers = message.get("headers", ())
             self.state = ASGIHTTPState.STARTED
@@ -209,7 +215,7 @@ class RequestCycle:
             else:
                 parts = [conn.start_response(self.status, self.headers, body)]
         except LocalProtocolError as exc:
-            raise ASGIProtocolError(str(exc)) from None
+            raise self._refuse(exc) from None
         self.state = ASGIHTTPState.BODY
         self.body_bytes = len(body)
         if len(parts) == 1:
@@ -267,7 +273,19 @@ class RequestCycle:
                     logger.error("ASGI app returned before the response body was complete (%s)", self._where())
                 self._abort()
 
+    def _refuse(self, exc: LocalProtocolError) -> ASGIProtocolError:
+        """An invalid response head (status, a header with CR/LF, ...), refused before any
+        byte of it was written: answer 500 now, whatever the app does with the error it
+        gets, and log it here, once."""
+        error = ASGIProtocolError(str(exc))
+        self._refused = error
+        logger.error("Invalid response from the ASGI application (%s): %s", self._where(), exc)
+        self._error_response(500, "")
+        return error
+
     def _on_app_error(self, exc: BaseException) -> None:
+        if exc is self._refused:
+            return  # answered (500) and logged when the app sent it
         if isinstance(exc, asyncio.CancelledError):
             # Cancelled by a drain deadline: the connection is being torn down anyway.
             if self.state is not ASGIHTTPState.DONE:

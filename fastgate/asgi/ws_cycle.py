@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from fastgate.asgi.types import ASGIApp, Message
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
-from fastgate.ws.session import WebSocketSession
+from fastgate.fields import status_code
+from fastgate.ws.session import WebSocketSession, checked_headers
 
 logger = logging.getLogger("fastgate.error")
 
@@ -77,6 +78,7 @@ class WebSocketCycle:
         "_status",
         "_headers",
         "_body",
+        "_refused",
     )
 
     def __init__(self, scope: dict[str, Any], session: WebSocketSession, channel: WebSocketChannel,
@@ -94,6 +96,7 @@ class WebSocketCycle:
         self._status = 0
         self._headers: Any = ()
         self._body: list[bytes] = []
+        self._refused: BaseException | None = None  # the error a 500 was already sent for
 
     # ----------------------------------------------------------- from the protocol
 
@@ -174,7 +177,16 @@ class WebSocketCycle:
             elif self.session.disconnected and mtype in ("websocket.send", "websocket.close"):
                 raise ClientDisconnected("WebSocket connection is closed")
         except LocalProtocolError as exc:
-            raise ASGIProtocolError(str(exc)) from None
+            error = ASGIProtocolError(str(exc))
+            if self.session.handshake_pending and not self.session.disconnected:
+                # An invalid accept or denial (a header with CR/LF, a bad subprotocol or
+                # status) is refused with a 500 now, whatever the app does with the error:
+                # the client gets an answer, never a partial or injected head.
+                self._refused = error
+                logger.error("Invalid WebSocket handshake answer from the ASGI application (%s): %s",
+                             self._where(), exc)
+                self._answer(500)
+            raise error from None
         raise ASGIProtocolError(f"unexpected ASGI message {mtype!r} in state {state.value}")
 
     async def _send_data(self, message: Message) -> None:
@@ -199,13 +211,16 @@ class WebSocketCycle:
     def _start_denial(self, message: Message) -> None:
         if "websocket.http.response" not in self.scope.get("extensions", {}):
             raise ASGIProtocolError("websocket.http.response is not enabled")  # pragma: no cover
-        status = message.get("status")
-        if status.__class__ is not int or not 200 <= status <= 599:
-            raise ASGIProtocolError(f"invalid status for websocket.http.response.start: {status!r}")
+        status = status_code(message.get("status"))
+        try:
+            headers = list(message.get("headers") or ())
+        except TypeError:
+            raise LocalProtocolError(f"headers must be an iterable of pairs, got {message.get('headers')!r}") from None
+        checked_headers(headers)  # refused at the start, as http.response.start headers are
         if self.session.disconnected:
             raise ClientDisconnected("client disconnected before the handshake was answered")
         self._status = status
-        self._headers = list(message.get("headers") or ())
+        self._headers = headers
         self.state = ASGIWebSocketState.RESPONSE
 
     # ----------------------------------------------------------- running the app
@@ -236,6 +251,8 @@ class WebSocketCycle:
     def _on_app_error(self, exc: BaseException) -> None:
         state = self.state
         self.state = ASGIWebSocketState.CLOSED
+        if exc is self._refused:
+            return  # answered (500) and logged when the app sent it
         session = self.session
         if isinstance(exc, asyncio.CancelledError):
             # Cancelled by a drain deadline: the connection is being torn down.

@@ -101,13 +101,18 @@ class UpgradeRequest:
 
 
 class BadRequest:
-    """The peer broke HTTP/1.1; answer ``status`` (4xx/5xx) and close."""
+    """The peer broke HTTP/1.1; answer ``status`` (4xx/5xx) and close.
 
-    __slots__ = ("status", "reason")
+    ``head`` is True when the broken request is a HEAD request: the answer then carries
+    no body (RFC 9110 §9.3.2).
+    """
 
-    def __init__(self, status: int, reason: str) -> None:
+    __slots__ = ("status", "reason", "head")
+
+    def __init__(self, status: int, reason: str, head: bool = False) -> None:
         self.status = status
         self.reason = reason
+        self.head = head
 
     def __repr__(self) -> str:
         return f"BadRequest({self.status}, {self.reason!r})"

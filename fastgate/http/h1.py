@@ -44,7 +44,6 @@ its framing into a fresh parser so the body is delivered and parsing continues a
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from http import HTTPStatus
 import httptools
 
 from fastgate.errors import LocalProtocolError
+from fastgate.fields import check_field, is_token_bytes, is_valid_host, status_code
 from fastgate.http.events import (
     END_OF_REQUEST,
     NEED_DATA,
@@ -127,8 +127,12 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEADER_LINES: dict[tuple[bytes, bytes], bytes] = {}
 _HEADER_CACHE_SIZE = 512
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
-_BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+# Host values seen valid lately (bounded like _HEADER_LINES): most clients send the same few.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_SIZE = 256
+# What the protocol name of a request line may be besides HTTP/: llhttp also speaks RTSP/
+# and ICE/ (see _sniff_protocol).
+_OTHER_PROTOCOLS = (b" RTSP/", b" ICE/")
 # Headers a proxy uses to describe the original request (read only from trusted peers).
 PROXY_HEADERS = frozenset(
     (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
@@ -180,6 +184,7 @@ class H1Connection:
         "_expect_continue",
         "_upgrade",
         "_chunked",
+        "_te_other",
         "_forwarded",
         "_rare",
         "_pending_upgrade",
@@ -188,6 +193,8 @@ class H1Connection:
         "_no_body",
         "_framing",
         "_remaining",
+        "_window",
+        "_carry",
     )
 
     def __init__(self, limits: H1Limits | None = None, defaults: DefaultHeaders | None = None) -> None:
@@ -210,8 +217,9 @@ class H1Connection:
         self._expect_continue = False
         self._upgrade: bytes | None = None
         self._chunked = False
+        self._te_other: bytes | None = None  # a transfer coding other than chunked (501)
         self._forwarded = False
-        self._rare = False  # one of the four flags above was set (see on_message_begin)
+        self._rare = False  # one of the five flags above was set (see on_message_begin)
         # A WebSocket head waiting for llhttp's upgrade pause, or the framing head to replay
         # for an ignored upgrade (h2c) that carries a body.
         self._pending_upgrade: RequestHead | bytes | None = None
@@ -221,6 +229,10 @@ class H1Connection:
         self._no_body = False
         self._framing = 0  # 0 content-length, 1 chunked, 2 until close
         self._remaining = 0
+        # Protocol-name sniffing (see _sniff_protocol): the bytes being parsed when they
+        # may hold an RTSP/ICE request line, else None; and the unfinished head's last bytes.
+        self._window: bytes | None = None
+        self._carry = b""
 
     # ---------------------------------------------------------------- receiving
 
@@ -232,6 +244,10 @@ class H1Connection:
         """
         if self.state is not ConnectionState.OPEN:
             return
+        window = self._carry + data if self._carry else data
+        # llhttp accepts RTSP/ and ICE/ request lines besides HTTP/ and does not tell which it
+        # saw. Those names are rare in HTTP traffic, so a plain search gates the slow check.
+        self._window = window if (b"TSP/" in window or b"ICE/" in window) else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -256,6 +272,16 @@ class H1Connection:
             self._stalled += len(data)
             if self._stalled > self.limits.max_header_size + _FIELD_SLACK:
                 self._fail(431, "header field too large")
+                return
+        if self._in_head:
+            # A head continues in the next read: keep enough of the stream to see its whole
+            # request line next time (the line is at most the URL limit plus a little).
+            if self._window is not None and self._url and self._sniff_protocol(window):
+                self._fail(400, "not an HTTP request: the protocol must be HTTP/1.x")
+                return
+            self._carry = window[-(self.limits.max_request_line + _FIELD_SLACK):]
+        elif self._carry:
+            self._carry = b""
 
     def close(self) -> None:
         """The transport is gone: parse nothing more and let go of the parser.
@@ -313,6 +339,7 @@ class H1Connection:
             if state is RequestState.DONE:
                 return PAUSED
             self.keep_alive = False
+            self._method = "HEAD" if event.head else "GET"  # type: ignore[union-attr]
         return events.popleft()
 
     # -- httptools callbacks (peer input; raise _Reject to abort) --
@@ -330,6 +357,7 @@ class H1Connection:
             self._expect_continue = False
             self._upgrade = None
             self._chunked = False
+            self._te_other = None
             self._forwarded = False
 
     def on_url(self, url: bytes) -> None:
@@ -340,6 +368,10 @@ class H1Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._progress = True
+        # llhttp drops the whitespace before a value but keeps what follows it; both are
+        # optional whitespace around the field value, not part of it (RFC 9112 §5.1).
+        # rstrip returns the value itself when there is nothing to strip.
+        value = value.rstrip(b" \t")
         if not self._in_head:
             # Trailer fields of a chunked body: not exposed in the ASGI http scope, but
             # held to the same limits as header fields.
@@ -364,12 +396,28 @@ class H1Connection:
         self._host_count += 1
         if self._host_count > 1:
             raise _Reject(400, "more than one Host header")
+        if value not in _GOOD_HOSTS:
+            # Frameworks build URLs from Host: 'a b', 'a/b', 'a@b' or 'a#b' must not reach
+            # them as a host (RFC 9110 §7.2, RFC 3986 §3.2.2).
+            if not is_valid_host(value):
+                raise _Reject(400, "invalid Host header")
+            if len(_GOOD_HOSTS) < _GOOD_HOSTS_SIZE:
+                _GOOD_HOSTS.add(value)
 
     def _on_transfer_encoding(self, value: bytes) -> None:
-        # Only a bare `chunked` is understood; `gzip, chunked` would need decoding we don't do.
-        if self._chunked or value.strip().lower() != b"chunked":
-            raise _Reject(400, "unsupported Transfer-Encoding")
-        self._chunked = self._rare = True
+        # RFC 9112 §6.1, §6.3: chunked must be the final coding and appear once; anything
+        # after it, or an unparseable list, makes the body length unknowable: 400. A coding
+        # we do not implement (gzip, ...) before a final chunked is well-formed but not
+        # supported: 501, decided once the head is complete (on_headers_complete).
+        self._rare = True
+        for item in value.split(b","):
+            coding = item.partition(b";")[0].strip().lower()
+            if self._chunked or not is_token_bytes(coding):
+                raise _Reject(400, "invalid Transfer-Encoding")
+            if coding == b"chunked":
+                self._chunked = True
+            else:
+                self._te_other = coding
         self._trailers = 0  # only chunked messages have trailers: reset here, off the GET path
 
     def _on_expect(self, value: bytes) -> None:
@@ -394,32 +442,43 @@ class H1Connection:
         if self._replaying:
             self._replaying = False  # the synthetic head of an ignored upgrade: body follows
             return
+        raw_method = parser.get_method()
+        if self._window is not None and self._sniff_protocol(self._window):
+            raise _Reject(400, "not an HTTP request: the protocol must be HTTP/1.x")
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             if version.startswith("0."):
                 raise _Reject(400, "HTTP/0.9 is not supported")
             raise _Reject(505, f"HTTP/{version} is not supported")
-        raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise _Reject(400, "CONNECT is not supported")
         url = self._url
+        authority: bytes | None = None
+        if b"#" in url:
+            # A fragment is the client's business and never sent (RFC 9112 §3.2.1,
+            # RFC 9110 §4.2.5); one on the wire would reach the app inside path or query.
+            raise _Reject(400, "fragment in the request target")
         if url[:1] == b"/":
             raw_path, sep, query = url.partition(b"?")
         elif url == b"*" and method == "OPTIONS":
             raw_path, query = b"*", b""
         elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise _Reject(400, "invalid request target") from None
-            raw_path, query = parsed.path or b"/", parsed.query or b""
+            authority, raw_path, query = _split_absolute_form(url)
         else:
             raise _Reject(400, "invalid request target")
         if self._host_count == 0 and version == "1.1":
             raise _Reject(400, "missing Host header")
-        if self._chunked and version == "1.0":
+        if (self._chunked or self._te_other is not None) and version == "1.0":
             raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if self._te_other is not None:
+            if not self._chunked:
+                raise _Reject(400, "Transfer-Encoding: chunked is not the final coding")
+            raise _Reject(501, f"transfer coding {self._te_other.decode('latin-1')!r} is not supported")
+        if authority is not None:
+            # RFC 9112 §3.2.2: with an absolute-form target the server MUST ignore Host and
+            # use the target's authority, which is what a proxy in front routed on.
+            self._headers = [(n, authority if n == b"host" else v) for n, v in self._headers]
         upgrade = None
         if self._upgrade is not None and parser.should_upgrade():  # llhttp needs an Upgrade field
             if (
@@ -451,6 +510,18 @@ class H1Connection:
             self._pending_upgrade = head  # becomes an UpgradeRequest once llhttp stops
         else:
             self._events.append(head)
+
+    def _sniff_protocol(self, window: bytes) -> bool:
+        """Whether the request line being parsed names RTSP/ or ICE/ instead of HTTP/.
+
+        Called only when ``window`` (this read, after what is left of an unfinished head)
+        contains one of those names. In llhttp's strict mode the request line is method,
+        target and protocol separated by single spaces, so it is in the window verbatim. A
+        false positive needs this very request's method and target followed by " RTSP/"
+        inside a header or body of the same read: it costs that request, no one else's.
+        """
+        line = self._parser.get_method() + b" " + self._url
+        return any(line + name in window for name in _OTHER_PROTOCOLS)
 
     def _body_framing(self) -> bytes | None:
         """A minimal head with this request's body framing, or None if it has no body."""
@@ -493,8 +564,11 @@ class H1Connection:
         self.state = ConnectionState.SWITCHED
 
     def _fail(self, status: int, reason: str) -> None:
+        # The answer to a HEAD request has no body, an error too (RFC 9110 §9.3.2). The
+        # method is known once the target started (on_url runs after the method is parsed).
+        head = bool(self._url) and self._parser.get_method() == b"HEAD"
         self._in_head = False
-        self._events.append(BadRequest(status, reason))
+        self._events.append(BadRequest(status, reason, head=head))
         self.state = ConnectionState.ERROR
 
     # ---------------------------------------------------------------- sending
@@ -532,7 +606,9 @@ class H1Connection:
         # framed body as the last element.
         if self.response_state is not ResponseState.WAITING:
             raise LocalProtocolError("response already started")
-        status_line = STATUS_LINES.get(status) if status.__class__ is int else None
+        if status.__class__ is not int:
+            status = status_code(status)  # an int subclass such as HTTPStatus.OK, or refused
+        status_line = STATUS_LINES.get(status)
         if status_line is None or status < 200:
             # 1xx are interim responses (100 Continue is ours to send; 101 is an upgrade):
             # never the final response the caller is starting here.
@@ -558,9 +634,8 @@ class H1Connection:
                 append(line)
                 continue
             name, value = pair
+            check_field(name, value)
             lname = name.lower()
-            if not _TOKEN(name) or _BAD_VALUE(value):
-                raise LocalProtocolError(f"invalid response header {name!r}: {value!r}")
             if lname == b"content-length":
                 try:
                     length = int(value)
@@ -697,7 +772,7 @@ class H1Connection:
                 defaults.date or b"",
                 defaults.server,
                 b"connection: close\r\n\r\n",
-                body,
+                b"" if self._method == "HEAD" else body,  # RFC 9110 §9.3.2
             )
         )
 
@@ -716,7 +791,30 @@ class H1Connection:
             return False
         self.request_state = RequestState.HEAD
         self.response_state = ResponseState.WAITING
+        self._method = "GET"  # until the next head: an error answered meanwhile (408) has a body
         return True
+
+
+def _split_absolute_form(url: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(authority, path, query)`` of an absolute-form target ``http[s]://authority/path?query``.
+
+    Raises:
+        _Reject: the authority is empty or not ``host[:port]`` (RFC 9110 §4.2.1: an http
+            URI needs a host), or carries userinfo (§4.2.4: treat it as an error).
+    """
+    rest = url[url.index(b"://") + 3 :]
+    end = len(rest)
+    for separator in (b"/", b"?"):
+        index = rest.find(separator)
+        if index != -1 and index < end:
+            end = index
+    authority, rest = rest[:end], rest[end:]
+    if b"@" in authority:
+        raise _Reject(400, "userinfo in the request target")
+    if not authority or authority[:1] == b":" or not is_valid_host(authority):
+        raise _Reject(400, "invalid authority in the request target")
+    raw_path, _, query = rest.partition(b"?")
+    return authority, raw_path or b"/", query
 
 
 _SPECIAL_HEADERS = {

@@ -1,41 +1,68 @@
-"""Read and write backpressure for one transport."""
+"""Read and write backpressure for one transport.
+
+Reading can be paused for several independent reasons at once (the app has not caught up
+with the request body, a pipelined request waits its turn, the peer does not read what we
+write). Each reason is a bit; the transport reads again only once no bit is left, so one
+part of the code resuming for its own reason never undoes another's pause.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
+# Why reading is paused.
+READ_BACKLOG = 1  # received data waits for the app (request body buffer, WebSocket queue)
+READ_PIPELINE = 2  # a pipelined request waits for the response before it
+READ_HANDSHAKE = 4  # bytes after a WebSocket upgrade wait for the app's decision
+READ_OUTPUT = 8  # the peer is not reading our output (the transport paused writing)
+READ_ALL = READ_BACKLOG | READ_PIPELINE | READ_HANDSHAKE | READ_OUTPUT
+
 
 class FlowControl:
-    """Tracks whether reading/writing is paused and lets writers wait for a drain."""
+    """Tracks why reading is paused and whether writing is, and lets writers wait for a drain.
 
-    __slots__ = ("transport", "read_paused", "write_paused", "_drain_waiter")
+    Pausing reading while the transport's write buffer is full bounds what a peer that
+    sends without reading can make us hold: pongs to a ping flood, responses to a flood of
+    pipelined requests.
+    """
+
+    __slots__ = ("transport", "write_paused", "_read_block", "_drain_waiter")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.read_paused = False
         self.write_paused = False
+        self._read_block = 0
         self._drain_waiter: asyncio.Future[None] | None = None
 
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+    @property
+    def read_paused(self) -> bool:
+        return self._read_block != 0
 
-    def resume_reading(self) -> None:
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
+    def pause_reading(self, reason: int = READ_BACKLOG) -> None:
+        if not self._read_block:
+            self.transport.pause_reading()
+        self._read_block |= reason
+
+    def resume_reading(self, reason: int = READ_BACKLOG) -> None:
+        block = self._read_block
+        if block & reason:
+            self._read_block = block = block & ~reason
+            if not block:
+                self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         """Called by the transport when its write buffer passed the high-water mark."""
         self.write_paused = True
+        self.pause_reading(READ_OUTPUT)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.resume_reading(READ_OUTPUT)
         self._release()
 
     def connection_lost(self) -> None:
         self.write_paused = False
+        self._read_block = 0
         self._release()
 
     def _release(self) -> None:
@@ -47,6 +74,11 @@ class FlowControl:
 
     async def drain(self) -> None:
         if not self.write_paused:
+            if self.transport.is_closing():
+                # connection_lost comes in a later loop iteration. Yield so that it can run:
+                # an app sending in a loop would otherwise spin here, never suspended and never
+                # told the peer is gone (asyncio's StreamWriter.drain yields for the same reason).
+                await asyncio.sleep(0)
             return
         waiter = self._drain_waiter
         if waiter is None:

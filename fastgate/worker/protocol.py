@@ -19,7 +19,7 @@ from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, 
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
-from fastgate.worker.flow import FlowControl
+from fastgate.worker.flow import READ_ALL, READ_BACKLOG, READ_PIPELINE, FlowControl
 from fastgate.worker.websocket import WebSocketProtocol
 
 # Python 3.12 can start a task eagerly: its first step runs inside create, with the task
@@ -198,7 +198,7 @@ class HttpProtocol(asyncio.Protocol):
                 if event is PAUSED:
                     # A pipelined request waits for the current response: stop reading so
                     # the queue stays bounded (RFC 9112 §9.3.2).
-                    self.flow.pause_reading()
+                    self.flow.pause_reading(READ_PIPELINE)
                 return
             elif cls is BadRequest:
                 self._on_bad_request(event)  # type: ignore[arg-type]
@@ -394,7 +394,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._close_after_response()  # it may still be sending a body we never read
             return
         if self.flow.read_paused:
-            self.flow.resume_reading()
+            # The next request may be read now, unless the client is not reading our
+            # responses (FlowControl keeps that reason until the transport drains).
+            self.flow.resume_reading(READ_PIPELINE | READ_BACKLOG)
         queued = self.conn.queued
         if queued:
             # More pipelined requests are already parsed: gather their responses.
@@ -436,7 +438,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        self.flow.resume_reading()
+        self.flow.resume_reading(READ_ALL)
         self._cancel_timer()
         transport.set_protocol(_Lingering(self, transport))
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from fastgate.asgi.ws_cycle import WebSocketCycle
-from fastgate.worker.flow import FlowControl
+from fastgate.worker.flow import READ_BACKLOG, READ_HANDSHAKE, FlowControl
 from fastgate.ws.session import PENDING_LIMIT, WebSocketSession, deflate_factory
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._handshake_paused = False
-        self._queue_paused = False
         self._closed = False
         self._released = False
         self._out: list[bytes] = []
@@ -99,7 +98,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if session.handshake_pending and session.pending_size > PENDING_LIMIT and not self._handshake_paused:
             # The app has not accepted yet: bound what we buffer for it.
             self._handshake_paused = True
-            self._update_reading()
+            self._pause_reading(READ_HANDSHAKE)
 
     def eof_received(self) -> bool | None:
         self.session.receive_eof()
@@ -157,7 +156,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._dispatch()
         if self._handshake_paused and not session.handshake_pending:
             self._handshake_paused = False
-            self._update_reading()
+            self._resume_reading(READ_HANDSHAKE)
         if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not self._closed:
             self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
 
@@ -183,20 +182,18 @@ class WebSocketProtocol(asyncio.Protocol):
         return self.flow.drain()  # its coroutine, not one more wrapped around it
 
     def pause_reading(self) -> None:
-        self._queue_paused = True
-        self._update_reading()
+        self._pause_reading(READ_BACKLOG)
 
     def resume_reading(self) -> None:
-        self._queue_paused = False
-        self._update_reading()
+        self._resume_reading(READ_BACKLOG)
 
-    def _update_reading(self) -> None:
-        if self._closed:
-            return
-        if self._queue_paused or self._handshake_paused:
-            self.flow.pause_reading()
-        else:
-            self.flow.resume_reading()
+    def _pause_reading(self, reason: int) -> None:
+        if not self._closed:
+            self.flow.pause_reading(reason)
+
+    def _resume_reading(self, reason: int) -> None:
+        if not self._closed:
+            self.flow.resume_reading(reason)
 
     # ------------------------------------------------------------ drain
 
@@ -255,7 +252,7 @@ class WebSocketProtocol(asyncio.Protocol):
         session = self.session
         if self._closed or not session.is_open or not session.pong_pending:
             return
-        if self._queue_paused:
+        if self.flow.read_paused:
             # We stopped reading: the pong may be sitting in our socket buffer.
             self._pong_timer = self.loop.call_later(self.ping_timeout, self._on_pong_timeout)
             return

@@ -46,6 +46,7 @@ from websockets.protocol import CLOSED, OPEN
 from websockets.server import ServerProtocol
 
 from fastgate.errors import ClientDisconnected, LocalProtocolError
+from fastgate.fields import check_field, is_token, status_code
 
 Message = dict[str, Any]
 
@@ -53,6 +54,31 @@ Message = dict[str, Any]
 PENDING_LIMIT = 64 * 1024
 
 _TEXT, _BINARY, _CONT, _CLOSE, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE, Opcode.PONG
+
+# Each fragment of an unfinished message is charged this many bytes on top of its payload
+# against max_size. Without it an empty continuation frame costs nothing: 2,000,000 of them
+# (12 MB on the wire) grew a worker by 18 MB, without bound. 64 bytes is about what one
+# fragment costs to parse; with it a 16 MiB limit allows 262,144 fragments per message,
+# far above what real clients send (the Autobahn suite's finest is 65,536 of 64 bytes).
+FRAGMENT_COST = 64
+
+
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol with two corrections at the frame level."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is _CLOSE and self.current_size is not None:
+            # RFC 6455 §5.4 lets control frames come between fragments, and §5.5.1 answers
+            # a Close with a Close. websockets fails the connection with 1002 ("incomplete
+            # fragmented message") instead. The peer is leaving: the unfinished message is
+            # dropped and the close goes on normally.
+            self.current_size = None
+        super().recv_frame(frame)
+        if not frame.fin and self.current_size is not None and opcode is not Opcode.PING and opcode is not _PONG:
+            # websockets subtracts current_size from max_size for the next frame, so the
+            # charge makes its own check answer 1009 once a message's fragments cost too much.
+            self.current_size += FRAGMENT_COST
 
 
 def deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -123,7 +149,7 @@ class WebSocketSession:
         extensions: Sequence[ServerExtensionFactory] = (),
         logger: logging.Logger | None = None,
     ) -> None:
-        self.protocol = ServerProtocol(
+        self.protocol = _ServerProtocol(
             extensions=list(extensions),
             max_size=max_size,
             logger=logger or logging.getLogger("fastgate.ws"),
@@ -134,7 +160,7 @@ class WebSocketSession:
         self.subprotocols: list[str] = []
         self._response: Response | None = None
         self._pending = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments = bytearray()  # an unfinished fragmented message, reassembled in place
         self._fragments_text = False
         self._events: list[Message] = []
         self._disconnected = False
@@ -207,13 +233,23 @@ class WebSocketSession:
             ClientDisconnected: the client went away before the app decided.
             LocalProtocolError: not waiting for a decision, or invalid values.
         """
+        # Everything is checked before the decision is taken: a refused value must leave the
+        # handshake answerable (with a 500), never half-built.
+        extra = checked_headers(headers)
+        if subprotocol is not None:
+            if not isinstance(subprotocol, str) or not is_token(subprotocol):
+                raise LocalProtocolError(f"invalid subprotocol {subprotocol!r}")
+            if subprotocol not in self.subprotocols:
+                # RFC 6455 §4.1: the client must fail a connection whose subprotocol it
+                # did not offer; saying so here names the culprit.
+                raise LocalProtocolError(f"subprotocol {subprotocol!r} was not offered by the client "
+                                         f"(offered: {', '.join(self.subprotocols) or 'none'})")
         response = self._decision()
         if subprotocol is not None:
-            if not isinstance(subprotocol, str):
-                raise LocalProtocolError(f"subprotocol must be a str, got {subprotocol!r}")
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
             self.protocol.subprotocol = subprotocol  # type: ignore[assignment]
-        _add_headers(response.headers, headers)
+        for name, value in extra:
+            response.headers[name] = value
         self.protocol.send_response(response)
         self.state = SessionState.OPEN
         if self._pending:
@@ -232,15 +268,18 @@ class WebSocketSession:
             ClientDisconnected: the client went away before the app decided.
             LocalProtocolError: not waiting for a decision, or invalid values.
         """
-        if status.__class__ is not int or not 200 <= status <= 599:
-            raise LocalProtocolError(f"invalid status code for a denial response: {status!r}")
+        status = status_code(status)
+        extra = checked_headers(headers)
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise LocalProtocolError(f"the denial body must be bytes, got {type(body).__name__}")
         self._decision()
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = ""
         response_headers = Headers()
-        _add_headers(response_headers, headers)
+        for name, value in extra:
+            response_headers[name] = value
         for name in ("Content-Length", "Transfer-Encoding", "Connection"):
             if name in response_headers:
                 del response_headers[name]
@@ -305,12 +344,12 @@ class WebSocketSession:
                     self._deliver(opcode is _TEXT, frame.data, append)
                 else:
                     self._fragments_text = opcode is _TEXT
-                    self._fragments = [bytes(frame.data)]
+                    self._fragments = bytearray(frame.data)
             elif opcode is _CONT:
-                self._fragments.append(bytes(frame.data))
+                self._fragments += frame.data
                 if frame.fin:
-                    data_ = b"".join(self._fragments)
-                    self._fragments = []
+                    data_ = bytes(self._fragments)
+                    self._fragments = bytearray()
                     self._deliver(self._fragments_text, data_, append)
             elif opcode is _PONG:
                 if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
@@ -352,7 +391,7 @@ class WebSocketSession:
     def _disconnect(self, code: int, reason: str) -> None:
         if not self._disconnected:
             self._disconnected = True
-            self._fragments = []
+            self._fragments = bytearray()
             self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     def events_received(self) -> list[Message]:
@@ -460,13 +499,21 @@ class WebSocketSession:
         return self.protocol.close_expected()
 
 
-def _add_headers(target: Headers, headers: Iterable[tuple[bytes, bytes]]) -> None:
-    for name, value in headers:
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise LocalProtocolError(f"header names and values must be bytes, got {name!r}: {value!r}")
-        if b"\r" in value or b"\n" in value or b"\0" in value or b":" in name or not name.strip():
-            raise LocalProtocolError(f"invalid header {name!r}: {value!r}")
-        target[name.decode("latin-1")] = value.decode("latin-1")
+def checked_headers(headers: Iterable[Any]) -> list[tuple[str, str]]:
+    """The app's handshake headers as ``(name, value)`` strings for websockets, each one
+    checked like every header fastgate writes (``fastgate.fields.check_field``).
+
+    Raises:
+        LocalProtocolError: a pair is not two bytes objects forming a valid field.
+    """
+    out: list[tuple[str, str]] = []
+    try:
+        for name, value in headers:
+            check_field(name, value)
+            out.append((name.decode("latin-1"), value.decode("latin-1")))
+    except (TypeError, ValueError):
+        raise LocalProtocolError(f"headers must be an iterable of (name, value) pairs, got {headers!r}") from None
+    return out
 
 
-__all__ = ["WebSocketSession", "SessionState", "deflate_factory", "PENDING_LIMIT"]
+__all__ = ["WebSocketSession", "SessionState", "deflate_factory", "checked_headers", "PENDING_LIMIT"]

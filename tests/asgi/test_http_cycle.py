@@ -331,7 +331,9 @@ def test_send_body_after_disconnect_raises() -> None:
         ([{"type": "http.response.start", "status": "200"}], "status must be an int"),
         ([{"type": "http.response.push"}], "unexpected ASGI message type"),
         ([{"type": "http.response.start", "status": 200, "headers": [(b"x", b"a\r\nb: c")]},
-          {"type": "http.response.body"}], "invalid response header"),
+          {"type": "http.response.body"}], "invalid header value"),
+        ([{"type": "http.response.start", "status": True}], "status must be an int"),
+        ([{"type": "http.response.start", "status": 99}, {"type": "http.response.body"}], "invalid status code"),
     ],
 )
 def test_protocol_errors_before_the_response_give_500(messages: list[Any], expect: str,
@@ -354,7 +356,36 @@ def test_protocol_errors_before_the_response_give_500(messages: list[Any], expec
     assert channel.data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"connection: close" in channel.data and b"x: a" not in channel.data
     assert channel.completed == 1
-    assert "Exception in ASGI application" in caplog.text
+    refused = expect in ("status must be an int", "invalid header value", "invalid status code")
+    assert ("Invalid response from the ASGI application" if refused else "Exception in ASGI application") in caplog.text
+    assert len(caplog.records) == 1  # logged once
+
+
+@pytest.mark.parametrize("swallow", [True, False])
+@pytest.mark.parametrize(
+    "start",
+    [{"status": 200, "headers": [(b"x", b"a\r\nset-cookie: evil")]}, {"status": 200, "headers": [(b"x y", b"v")]},
+     {"status": 200, "headers": [("x", "v")]}, {"status": "200"}, {"status": False}, {"status": 1000}],
+)
+def test_an_invalid_head_is_refused_with_500_whatever_the_app_does(start: dict[str, Any], swallow: bool,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()
+    cycle.feed_end()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", **start})
+            await send({"type": "http.response.body", "body": b"secret"})
+        except ASGIProtocolError:
+            if not swallow:
+                raise
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert channel.data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"secret" not in channel.data and b"evil" not in channel.data
+    assert channel.completed == 1
+    assert len(caplog.records) == 1 and "Invalid response from the ASGI application" in caplog.text
 
 
 def test_raise_before_start_is_500(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import random
 import runpy
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +425,8 @@ def test_connection_close() -> None:
 @pytest.mark.parametrize(
     "header",
     [(b"x-evil", b"a\r\nset-cookie: x"), (b"x-evil", b"a\nb"), (b"x-evil", b"a\rb"), (b"x-evil", b"a\x00b"),
-     (b"x evil", b"v"), (b"x-evil\r\n", b"v"), (b"", b"v"), (b"x:y", b"v")],
+     (b"x evil", b"v"), (b"x-evil\r\n", b"v"), (b"", b"v"), (b"x:y", b"v"), (b"x-evil", b"a\x1bb"),
+     (b"x-evil", b"a\x7fb"), (b"x-evil", b"a\x0bb"), ("x-str", b"v"), (b"x-str", "v"), (b"x-evil", bytearray(b"v"))],
 )
 def test_header_injection_is_refused(header: tuple[bytes, bytes]) -> None:
     conn = ready()
@@ -433,7 +435,19 @@ def test_header_injection_is_refused(header: tuple[bytes, bytes]) -> None:
     assert conn.response_state is ResponseState.WAITING  # nothing written: a 500 can still go out
 
 
-@pytest.mark.parametrize("status", [99, 600, 100, 101, 103, 199, "200", 200.0])
+def test_field_value_may_hold_tabs_spaces_and_obs_text() -> None:
+    out, _ = response(GET, 200, [(b"x-a", b"a\tb c\xff")], whole=b"")
+    assert b"x-a: a\tb c\xff\r\n" in out
+
+
+@pytest.mark.parametrize("status", [HTTPStatus.OK, HTTPStatus.NOT_FOUND, HTTPStatus.IM_A_TEAPOT])
+def test_int_subclass_status_is_taken_as_the_int(status: HTTPStatus) -> None:
+    out, _ = response(GET, status, [], whole=b"")
+    assert out.startswith(b"HTTP/1.1 %d " % int(status))
+    assert b"HTTPStatus" not in out
+
+
+@pytest.mark.parametrize("status", [99, 600, 100, 101, 103, 199, "200", 200.0, True, False, None, HTTPStatus.CONTINUE])
 def test_invalid_status(status: Any) -> None:
     with pytest.raises(LocalProtocolError):
         ready().start_response(status, [])
@@ -573,3 +587,42 @@ def test_send_body_parts_keeps_the_data_object() -> None:
     assert parts[1] is data and parts == [b"9c40\r\n", data, b"\r\n0\r\n\r\n"]
     with pytest.raises(LocalProtocolError):
         c.send_body_parts(data, False)  # the response is over
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"HEAD / HTTP/1.1\r\nHost: a b\r\n\r\n",  # refused in a header callback
+    b"HEAD /#x HTTP/1.1\r\nHost: a\r\n\r\n",  # refused once the head is complete
+    b"HEAD / HTTP/1.1\r\nHost: a\r\nX\x01: v\r\n\r\n",  # refused by llhttp
+])
+def test_error_answering_head_has_no_body(request_bytes: bytes) -> None:
+    conn = H1Connection()
+    conn.receive_data(request_bytes)
+    bad = conn.next_event()
+    assert isinstance(bad, BadRequest) and bad.head
+    out = conn.error_response(bad.status, bad.reason)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert body == b"" and b"content-length: " in head and head.startswith(b"HTTP/1.1 400 ")
+
+
+def test_error_answering_get_keeps_its_body_after_a_head_request() -> None:
+    conn = ready(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn.start_response(200, [], b"")
+    assert conn.start_next_request()
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+    bad = conn.next_event()
+    assert isinstance(bad, BadRequest) and not bad.head
+    assert conn.error_response(bad.status, bad.reason).endswith(b"Bad Request: invalid Host header\n")
+    # An idle timeout (no request) has a body too, whatever the last request was.
+    idle = ready(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    idle.start_response(200, [], b"")
+    assert idle.start_next_request()
+    assert idle.error_response(408, "late").endswith(b"late\n")
+
+
+def test_rtsp_request_line_split_over_many_reads_is_refused() -> None:
+    conn = H1Connection()
+    data = b"GET /" + b"a" * 3000 + b" RTSP/1.0\r\nHost: a\r\n" + b"X: " + b"y" * 6000 + b"\r\n\r\n"
+    for i in range(0, len(data), 7):
+        conn.receive_data(data[i : i + 7])
+    bad = conn.next_event()
+    assert isinstance(bad, BadRequest) and bad.status == 400 and "protocol" in bad.reason

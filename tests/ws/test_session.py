@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import pytest
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
@@ -504,3 +506,86 @@ def test_reject_with_an_unregistered_status():
     assert pair.handshake_ok()
     pair.session.reject(499, body=b"client closed request")
     assert pair.session.data_to_send()[0].startswith(b"HTTP/1.1 499 \r\n")
+
+
+# --------------------------------------------------------------------- hardening
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"x-bad", b"a\r\nset-cookie: evil")], [(b"x-bad", b"a\nb")], [(b"x-bad", b"a\x00b")], [(b"x bad", b"v")],
+     [(b"x-bad\r\n", b"v")], [("x-str", b"v")], [(b"x-str", "v")], [(b"x",)], [b"xy"], 5],
+)
+def test_an_invalid_accept_leaves_the_handshake_answerable(headers):
+    pair = Pair()
+    assert pair.handshake_ok()
+    with pytest.raises(LocalProtocolError):
+        pair.session.accept(None, headers)
+    assert pair.session.handshake_pending
+    pair.session.reject(500)  # what the cycle does next: a clean 500, nothing of the bad header
+    out = b"".join(pair.session.data_to_send())
+    assert out.startswith(b"HTTP/1.1 500 ") and b"evil" not in out and b"x-bad" not in out.lower()
+
+
+@pytest.mark.parametrize("subprotocol", ["two words", "a\r\nb: c", "", "chat\x00", "é", "other"])
+def test_an_invalid_or_unoffered_subprotocol_is_refused(subprotocol):
+    pair = Pair(subprotocols=["chat", "other-one"])
+    assert pair.handshake_ok()
+    with pytest.raises(LocalProtocolError):
+        pair.session.accept(subprotocol)
+    assert pair.session.handshake_pending
+
+
+def test_an_invalid_denial_leaves_the_handshake_answerable():
+    pair = Pair()
+    assert pair.handshake_ok()
+    for status, headers, body in [(200, [(b"x", b"a\rb")], b""), (True, [], b""), (200, [], "text")]:
+        with pytest.raises(LocalProtocolError):
+            pair.session.reject(status, headers, body)
+        assert pair.session.handshake_pending
+    pair.session.reject(HTTPStatus.FORBIDDEN, [(b"x-ok", b"1")], b"no")  # an int subclass is a status
+    assert pair.session.data_to_send()[0].startswith(b"HTTP/1.1 403 Forbidden\r\n")
+
+
+def test_close_between_fragments_is_a_normal_close():
+    # RFC 6455 §5.4: control frames may be injected between fragments; §5.5.1: a Close is
+    # answered with a Close. The unfinished message is dropped.
+    pair = Pair()
+    pair.open()
+    pair.client.send_text(b"unfin", fin=False)
+    pair.client.send_continuation(b"ished", fin=False)
+    pair.client.send_close(1000, "bye")
+    pair.to_server()
+    assert pair.session.events_received() == [{"type": "websocket.disconnect", "code": 1000, "reason": "bye"}]
+    events = pair.to_client()
+    assert frames(events) == [(Opcode.CLOSE, Close(1000, "bye").serialize())]
+    assert pair.eof_to_client
+
+
+def test_empty_continuation_frames_are_charged_against_max_size():
+    pair = Pair(max_size=64 * 1024)
+    pair.open()
+    pair.client.send_binary(b"", fin=False)
+    wire = b"".join(pair.client.data_to_send())
+    pair.session.receive_data(wire)
+    pair.client.send_continuation(b"", fin=False)
+    frame = b"".join(pair.client.data_to_send())
+    sent = 0
+    while not pair.session.disconnected and sent < 10_000:
+        pair.session.receive_data(frame * 100)
+        sent += 100
+    events = pair.session.events_received()
+    assert events[-1]["type"] == "websocket.disconnect" and events[-1]["code"] == 1009
+    assert 64 * 1024 // 64 - 100 <= sent <= 64 * 1024 // 64 + 100  # stopped at the budget, not at the end
+    assert len(pair.session._fragments) == 0  # released
+
+
+def test_many_small_fragments_within_the_budget_are_reassembled():
+    pair = Pair(max_size=1 << 20)
+    pair.open()
+    pair.client.send_binary(b"a" * 64, fin=False)
+    for _ in range(999):
+        pair.client.send_continuation(b"a" * 64, fin=False)
+    pair.client.send_continuation(b"", fin=True)
+    pair.to_server()
+    assert pair.session.events_received() == [{"type": "websocket.receive", "bytes": b"a" * 64_000}]

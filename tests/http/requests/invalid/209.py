@@ -1,0 +1,3 @@
+status = 400
+reason = 'Host'
+# Host with an unclosed IP literal.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'fragment'
+# a fragment in the target (RFC 9112 3.2.1).

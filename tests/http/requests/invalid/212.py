@@ -1,0 +1,3 @@
+status = 400
+reason = 'fragment'
+# a fragment after the query.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'protocol'
+# RTSP, which llhttp also speaks, is not HTTP.

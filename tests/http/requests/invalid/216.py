@@ -1,0 +1,3 @@
+status = 501
+reason = 'br'
+# an unsupported coding before chunked (RFC 9112 6.1).

@@ -1,0 +1,3 @@
+status = 400
+reason = ''
+# a space inside an absolute-form authority.
