@@ -265,7 +265,8 @@ class RequestCycle:
             return
         if self.state is not ASGIHTTPState.DONE:
             if self.state in (ASGIHTTPState.START, ASGIHTTPState.STARTED):
-                if not self._disconnected:
+                # A peer whose EOF cut its request body short has left, as one that reset.
+                if not self._disconnected and not (self._peer_closed and self._more_body):
                     logger.error("ASGI app returned without sending a response (%s)", self._where())
                 self._error_response(500, "")
             else:
@@ -286,8 +287,10 @@ class RequestCycle:
     def _on_app_error(self, exc: BaseException) -> None:
         if exc is self._refused:
             return  # answered (500) and logged when the app sent it
-        if isinstance(exc, asyncio.CancelledError):
-            # Cancelled by a drain deadline: the connection is being torn down anyway.
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            # Cancelled by a drain deadline: the connection is being torn down anyway. (A
+            # CancelledError nobody requested is the app's own error, answered as any other.)
             if self.state is not ASGIHTTPState.DONE:
                 self._abort()
             return

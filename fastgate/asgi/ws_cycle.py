@@ -254,8 +254,10 @@ class WebSocketCycle:
         if exc is self._refused:
             return  # answered (500) and logged when the app sent it
         session = self.session
-        if isinstance(exc, asyncio.CancelledError):
-            # Cancelled by a drain deadline: the connection is being torn down.
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            # Cancelled by a drain deadline: the connection is being torn down. (A
+            # CancelledError nobody requested is the app's own error, answered as any other.)
             if session.is_open or session.handshake_pending:
                 session.fail(1012, "server shutdown")
                 self.channel.flush()
