@@ -541,3 +541,51 @@ def test_peer_eof_mid_body_ends_the_wait(caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level(logging.ERROR, "fastgate.error"):
         run(cycle.run(app))
     assert channel.closed and caplog.text == ""
+
+
+def test_peer_eof_cutting_the_body_short_is_not_an_app_error(caplog: pytest.LogCaptureFixture) -> None:
+    # The client closed (FIN) halfway through its body; the app hears http.disconnect and
+    # returns without a response, which is right: nothing is logged as an app bug.
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    cycle.feed(b"abc")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["more_body"] is True
+        asyncio.get_running_loop().call_soon(cycle.peer_closed)
+        assert await receive() == {"type": "http.disconnect"}
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert caplog.text == "" and cycle.state is ASGIHTTPState.DONE
+
+
+def test_peer_eof_after_a_complete_body_still_reports_a_missing_response(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+    cycle.feed(b"hi")
+    cycle.feed_end()
+    cycle.peer_closed()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(cycle.run(app))
+    assert "returned without sending a response" in caplog.text
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+
+
+def test_a_cancelled_error_nobody_requested_is_an_app_error(caplog: pytest.LogCaptureFixture) -> None:
+    # A leaked CancelledError (the task was never cancelled) is the app's bug: 500, logged.
+    cycle, channel = make()
+    cycle.feed_end()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError()
+
+    async def main() -> None:
+        await asyncio.create_task(cycle.run(app))
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run(main())
+    assert channel.data.startswith(b"HTTP/1.1 500 ") and not channel.closed
+    assert "Exception in ASGI application" in caplog.text

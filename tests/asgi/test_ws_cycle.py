@@ -341,3 +341,29 @@ async def test_cancelled_app_closes_1012():
     await asyncio.wait_for(task, 5)
     client_reads(channel, client)
     assert client.close_rcvd is not None and client.close_rcvd.code == 1012
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_a_cancelled_error_nobody_requested_is_an_app_error(accept, caplog):
+    # Not a drain: 500 before the handshake, 1011 after it, and logged (was 503 / 1012, silent).
+    @async_test
+    async def scenario():
+        cycle, channel, client = make()
+
+        async def app(scope, receive, send):
+            await receive()
+            if accept:
+                await send({"type": "websocket.accept"})
+            raise asyncio.CancelledError()
+
+        await asyncio.create_task(cycle.run(app))
+        return channel, client
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        channel, client = scenario()
+    events = client_reads(channel, client)
+    if accept:
+        assert client.close_rcvd is not None and client.close_rcvd.code == 1011
+    else:
+        assert isinstance(events[0], Response) and events[0].status_code == 500
+    assert "Exception in ASGI application" in caplog.text
