@@ -40,8 +40,11 @@ def stats() -> dict[str, int]:
         name = type(obj).__name__
         if name in names and type(obj).__module__.startswith("fastgate."):
             names[name] += 1
+    with open("/proc/self/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return {
         "pid": os.getpid(),
+        "rss_kib": rss,  # for the record only: memory is measured in benchmarks/resources.py
         "tasks": len(asyncio.all_tasks()),
         "fds": len(os.listdir("/proc/self/fd")),
         "http_protocols": names["HttpProtocol"],
