@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast lint types bench bench-quick bench-tools clean
+.PHONY: install run test test-fast lint types bench bench-quick bench-tools bench-resources clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
 
 bench-quick: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
 	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY) $(BENCH_ARGS)
+
+# Load and resource figures (benchmarks/RESOURCES.md): 10k idle connections, slowloris, a 1M-request
+# soak, idle WebSockets; one worker, uvicorn beside it. RESOURCES_ARGS="--quick" for a short run.
+bench-resources: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
+	$(PY) benchmarks/resources.py --peers-python $(PEERS_PY) $(RESOURCES_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

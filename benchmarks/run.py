@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +159,10 @@ def rss_mib(pids: list[int], largest: bool = False) -> float:
 
 
 class Running:
-    def __init__(self, server: Server, workers: int, cpus: str | None) -> None:
+    def __init__(self, server: Server, workers: int, cpus: str | None, extra: Sequence[str] = ()) -> None:
         self.server = server
         self.port = free_port()
-        argv = server.argv(self.port, workers)
+        argv = [*server.argv(self.port, workers), *extra]  # extra: more server flags (resources.py)
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -214,8 +214,8 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(server: Server, workers: int, cpus: str | None) -> Iterator[Running]:
-    r = Running(server, workers, cpus)
+def running(server: Server, workers: int, cpus: str | None, extra: Sequence[str] = ()) -> Iterator[Running]:
+    r = Running(server, workers, cpus, extra)
     try:
         r.wait_ready()
         r.settle(workers)

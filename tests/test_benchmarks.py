@@ -4,6 +4,7 @@ frames, and the benchmark app served by fastgate."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +105,49 @@ def test_floor_server_answers_in_every_mode(mode):
         for _ in range(3):  # keep-alive: the parser is reused
             r = client.get("/")
             assert r.status_code == 200 and r.text == "Hello, world!"
+
+
+def test_resources_report_renders_every_part() -> None:
+    from benchmarks import resources
+
+    wrk = {"requests": 1000, "seconds": 2.0, "p50_ms": 1.0, "p99_ms": 3.0, "errors": 0, "cpu_us": 20.0}
+    results = {
+        "idle": [{"server": "fastgate", "how": "keep-alive timeout", "keep_alive_s": 4.0, "connections": 10,
+                  "kib_per_conn": 3.25, "fds1": 26, "all_closed_s": 4.2, "late_p50_ms": 100.0, "late_max_ms": 250.0,
+                  "reset": 0}],
+        "slowloris": [{"server": "fastgate", "alone": wrk, "beside": wrk, "held": 5, "outcomes": {"408": 5},
+                       "answered_min_s": 1.0, "answered_p50_s": 1.1, "answered_max_s": 1.2, "still_open_at_end": 5}],
+        "soak": [{"server": "fastgate", "requests": 5000, "errors": 0, "p99_ms_range": [1.0, 2.0],
+                  "samples": [{"rss_kib": 1024, "fds": 16}, {"rss_kib": 2048, "fds": 16}]}],
+        "ws": [{"server": "fastgate", "compression": True, "connections": 10, "kib_per_conn": 26.0,
+                "negotiated": "permessage-deflate", "fds0": 16, "fds_after": 16}],
+    }
+    md = resources.render(results)
+    for heading in ("Idle keep-alive", "Slowloris", "Soak", "Idle WebSocket"):
+        assert f"### {heading}" in md
+    assert "| fastgate | keep-alive timeout (4 s) | 10 | 3.2 |" in md
+    assert "408: 5" in md and "1.0 → 2.0 → 2.0 MiB" in md and "| 26.0 |" in md
+
+
+def test_resources_percentile() -> None:
+    from benchmarks import resources
+
+    assert resources.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert resources.percentile([1.0, 2.0], 100) == 2.0
+
+
+@pytest.mark.e2e
+def test_resources_benchmark_runs_small(capsys) -> None:  # type: ignore[no-untyped-def]
+    # Every part of benchmarks/resources.py against a real fastgate, with tiny counts.
+    from benchmarks import resources
+
+    parts = "idle,ws" + (",slowloris,soak" if shutil.which("wrk") else "")
+    code = resources.main(["--servers", "fastgate", "--parts", parts, "--idle", "40", "--keep-alive", "1",
+                           "--ws", "10", "--swarm", "10", "--header-timeout", "1", "--normal-seconds", "1",
+                           "--soak", "2000", "--soak-chunk", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| fastgate | keep-alive timeout (1 s) | 40 |" in out and "| fastgate | SIGTERM (1 s) | 40 |" in out
+    assert "| fastgate | on | 10 |" in out and "| fastgate | off | 10 |" in out
+    if "slowloris" in parts:
+        assert "408: " in out and "### Soak" in out
