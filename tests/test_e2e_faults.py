@@ -109,9 +109,9 @@ def own_server(serve) -> ServerProcess:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_reset_under_a_producer_that_never_waits_does_not_hang_the_worker(serve, how: str) -> None:  # type: ignore[no-untyped-def]
-    # Bug found here: after the peer reset, the transport dropped every write and never paused,
-    # so drain() never suspended; a producer awaiting only send() spun forever and the worker
-    # stopped answering anyone. (WebSocket: test_reset_during_a_websocket_flood.)
+    # After the peer reset, the transport drops every write and never pauses; unless drain()
+    # yields on a closing transport, a producer awaiting only send() spins forever and the
+    # worker stops answering anyone (WebSocket: test_reset_during_a_websocket_flood).
     server = own_server(serve)
     before = settled(server)
     mark = len(server.lines)
