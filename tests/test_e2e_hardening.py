@@ -147,9 +147,9 @@ def test_absolute_form_target_authority_replaces_host(server: ServerProcess) -> 
 @pytest.mark.parametrize(("request_bytes", "status", "reason"), [
     (b"GET /scope#frag HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"fragment"),
     (b"GET /scope?a=1#frag HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"fragment"),
-    (b"GET / RTSP/1.0\r\nHost: t\r\n\r\n", 400, b"protocol"),
-    (b"SOURCE / ICE/1.0\r\nHost: t\r\n\r\n", 400, b"protocol"),
-    (b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\nOPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400, b"protocol"),
+    (b"GET / RTSP/1.0\r\nHost: t\r\n\r\n", 400, b"request line"),
+    (b"SOURCE / ICE/1.0\r\nHost: t\r\n\r\n", 400, b"request line"),
+    (b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\nOPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400, b"request line"),
     (b"POST /scope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, b"gzip"),
     (b"POST /scope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400,
      b"Transfer-Encoding"),

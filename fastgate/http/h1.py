@@ -130,9 +130,8 @@ _HEADER_CACHE_SIZE = 512
 # Host values seen valid lately (bounded like _HEADER_LINES): most clients send the same few.
 _GOOD_HOSTS: set[bytes] = set()
 _GOOD_HOSTS_SIZE = 256
-# What the protocol name of a request line may be besides HTTP/: llhttp also speaks RTSP/
-# and ICE/ (see _sniff_protocol).
-_OTHER_PROTOCOLS = (b" RTSP/", b" ICE/")
+_H, _SP = 72, 32  # b"H"[0], b" "[0]
+_NO_LINES: frozenset[bytes] = frozenset()
 # Headers a proxy uses to describe the original request (read only from trusted peers).
 PROXY_HEADERS = frozenset(
     (b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
@@ -193,8 +192,13 @@ class H1Connection:
         "_no_body",
         "_framing",
         "_remaining",
-        "_window",
+        "_data",
         "_carry",
+        "_between",
+        "_fresh",
+        "_line_here",
+        "_irregular",
+        "_irregular_of",
     )
 
     def __init__(self, limits: H1Limits | None = None, defaults: DefaultHeaders | None = None) -> None:
@@ -229,10 +233,14 @@ class H1Connection:
         self._no_body = False
         self._framing = 0  # 0 content-length, 1 chunked, 2 until close
         self._remaining = 0
-        # Protocol-name sniffing (see _sniff_protocol): the bytes being parsed when they
-        # may hold an RTSP/ICE request line, else None; and the unfinished head's last bytes.
-        self._window: bytes | None = None
-        self._carry = b""
+        # Request-line check (see _irregular_line).
+        self._data = b""  # the bytes being fed, while feeding
+        self._carry = b""  # the last bytes of a head that continues in the next read
+        self._between = True  # no message in progress: the next one starts a read's bytes
+        self._fresh = True  # no message began yet in this read, and none was in progress
+        self._line_here = False  # the current request line starts at self._data[0]
+        self._irregular = _NO_LINES  # request lines of one read that are not HTTP/1.1's...
+        self._irregular_of = b""  # ...namely of this read (compared by identity)
 
     # ---------------------------------------------------------------- receiving
 
@@ -244,10 +252,10 @@ class H1Connection:
         """
         if self.state is not ConnectionState.OPEN:
             return
-        window = self._carry + data if self._carry else data
-        # llhttp accepts RTSP/ and ICE/ request lines besides HTTP/ and does not tell which it
-        # saw. Those names are rare in HTTP traffic, so a plain search gates the slow check.
-        self._window = window if (b"TSP/" in window or b"ICE/" in window) else None
+        self._data = data
+        self._fresh = self._between
+        if self._in_head:
+            self._line_here = False  # the head began in an earlier read
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -274,14 +282,19 @@ class H1Connection:
                 self._fail(431, "header field too large")
                 return
         if self._in_head:
-            # A head continues in the next read: keep enough of the stream to see its whole
-            # request line next time (the line is at most the URL limit plus a little).
-            if self._window is not None and self._url and self._sniff_protocol(window):
-                self._fail(400, "not an HTTP request: the protocol must be HTTP/1.x")
+            # A head continues in the next read. Judge its request line now if it is complete
+            # (it may scroll out of the carried bytes before the head ends), and keep enough
+            # of the stream to see a request line still arriving (at most the URL limit plus
+            # a little).
+            window = self._carry + data if self._carry else data
+            if self._url and self._irregular_line():
+                self._fail(400, "invalid request line: expected METHOD SP target SP HTTP/1.x")
                 return
             self._carry = window[-(self.limits.max_request_line + _FIELD_SLACK):]
+            self._irregular_of = b""  # the window of the same data changes with the carry
         elif self._carry:
             self._carry = b""
+            self._irregular_of = b""
 
     def close(self) -> None:
         """The transport is gone: parse nothing more and let go of the parser.
@@ -349,6 +362,8 @@ class H1Connection:
         # url, header, body and chunk callbacks cover every read that carries real
         # progress, and this is the hot path.
         self._in_head = True
+        self._line_here = self._fresh
+        self._fresh = self._between = False
         self._url = b""
         self._headers = []
         self._host_count = 0
@@ -443,8 +458,20 @@ class H1Connection:
             self._replaying = False  # the synthetic head of an ignored upgrade: body follows
             return
         raw_method = parser.get_method()
-        if self._window is not None and self._sniff_protocol(self._window):
-            raise _Reject(400, "not an HTTP request: the protocol must be HTTP/1.x")
+        url = self._url
+        # The common case costs three index tests: the request line starts this read (no
+        # CR/LF before it), one space follows the method, and at "METHOD SP target SP" stands
+        # an H, the start of HTTP/ and of no other protocol llhttp accepts. Anything else
+        # (pipelined heads, a head split over reads) takes the exact check. The whole head
+        # is in this read when it started here, so the indexes are in range.
+        if self._line_here:
+            data = self._data
+            method_end = len(raw_method)
+            regular = data[0] > _SP and data[method_end + 1] != _SP and data[method_end + len(url) + 2] == _H
+        else:
+            regular = False
+        if not regular and self._irregular_line():
+            raise _Reject(400, "invalid request line: expected METHOD SP target SP HTTP/1.x")
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             if version.startswith("0."):
@@ -453,9 +480,8 @@ class H1Connection:
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise _Reject(400, "CONNECT is not supported")
-        url = self._url
         authority: bytes | None = None
-        if b"#" in url:
+        if 35 in url:  # b"#"[0]; an int test is a memchr, a bytes one costs 6x more
             # A fragment is the client's business and never sent (RFC 9112 §3.2.1,
             # RFC 9110 §4.2.5); one on the wire would reach the app inside path or query.
             raise _Reject(400, "fragment in the request target")
@@ -511,17 +537,24 @@ class H1Connection:
         else:
             self._events.append(head)
 
-    def _sniff_protocol(self, window: bytes) -> bool:
-        """Whether the request line being parsed names RTSP/ or ICE/ instead of HTTP/.
+    def _irregular_line(self) -> bool:
+        """Whether the request line being parsed is one llhttp accepts but HTTP/1.1 does not.
 
-        Called only when ``window`` (this read, after what is left of an unfinished head)
-        contains one of those names. In llhttp's strict mode the request line is method,
-        target and protocol separated by single spaces, so it is in the window verbatim. A
-        false positive needs this very request's method and target followed by " RTSP/"
-        inside a header or body of the same read: it costs that request, no one else's.
+        llhttp also parses RTSP/ and ICE/ request lines and skips extra spaces between the
+        parts, and reports neither (RFC 9112 §3: one SP between method, target and
+        HTTP-version). Every line of this read (after what is left of an unfinished head,
+        so the request line being judged is in it) that looks like such a request line is
+        collected once per read, in one linear pass, and this request's "METHOD target" is
+        looked up among them: pipelined requests cost a lookup each, not a search each. A
+        false positive needs a body line of the same read that repeats this request's
+        method and target with a bad protocol: it costs that request, no one else's.
         """
-        line = self._parser.get_method() + b" " + self._url
-        return any(line + name in window for name in _OTHER_PROTOCOLS)
+        data = self._data
+        if self._irregular_of is not data:
+            self._irregular_of = data
+            self._irregular = _irregular_request_lines(self._carry + data if self._carry else data)
+        irregular = self._irregular
+        return bool(irregular) and self._parser.get_method() + b" " + self._url in irregular
 
     def _body_framing(self) -> bytes | None:
         """A minimal head with this request's body framing, or None if it has no body."""
@@ -537,6 +570,7 @@ class H1Connection:
         self._events.append(BodyChunk(body))
 
     def on_message_complete(self) -> None:
+        self._between = True
         if self._pending_upgrade is None:
             self._events.append(END_OF_REQUEST)
 
@@ -793,6 +827,20 @@ class H1Connection:
         self.response_state = ResponseState.WAITING
         self._method = "GET"  # until the next head: an error answered meanwhile (408) has a body
         return True
+
+
+def _irregular_request_lines(window: bytes) -> frozenset[bytes]:
+    """``METHOD SP target`` of every line of ``window`` that reads as a request line with a
+    protocol other than HTTP/ or with more than one space between its three parts."""
+    if b"TSP/" not in window and b"ICE/" not in window and b"  " not in window:
+        return _NO_LINES
+    found = set()
+    for line in window.split(b"\r\n"):
+        parts = line.split(b" ")
+        words = [part for part in parts if part]
+        if len(words) == 3 and (len(parts) != 3 or not words[2].startswith(b"HTTP/")):
+            found.add(words[0] + b" " + words[1])
+    return frozenset(found)
 
 
 def _split_absolute_form(url: bytes) -> tuple[bytes, bytes, bytes]:

@@ -625,4 +625,4 @@ def test_rtsp_request_line_split_over_many_reads_is_refused() -> None:
     for i in range(0, len(data), 7):
         conn.receive_data(data[i : i + 7])
     bad = conn.next_event()
-    assert isinstance(bad, BadRequest) and bad.status == 400 and "protocol" in bad.reason
+    assert isinstance(bad, BadRequest) and bad.status == 400 and "request line" in bad.reason

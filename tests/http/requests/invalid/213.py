@@ -1,3 +1,3 @@
 status = 400
-reason = 'protocol'
+reason = 'request line'
 # RTSP, which llhttp also speaks, is not HTTP.

@@ -1,4 +1,4 @@
 status = 400
-reason = 'protocol'
+reason = 'request line'
 before = [dict(method='GET')]
 # a pipelined RTSP request after a valid one.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'request line'
+# two spaces before the version.
