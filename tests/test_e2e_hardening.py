@@ -154,6 +154,8 @@ def test_absolute_form_target_authority_replaces_host(server: ServerProcess) -> 
     (b"POST /scope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400,
      b"Transfer-Encoding"),
     (b"GET http://u:p@a/scope HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"userinfo"),
+    (b"GET  /scope HTTP/1.1\r\nHost: t\r\n\r\n", 400, b"request line"),
+    (b"FOO /scope HTTP/1.1\r\nHost: t\r\n\r\n", 501, b"not implemented"),
 ])
 def test_parser_gaps_are_closed(server: ServerProcess, same_worker: int, request_bytes: bytes, status: int,
                                 reason: bytes) -> None:

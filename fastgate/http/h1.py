@@ -238,7 +238,7 @@ class H1Connection:
         self._carry = b""  # the last bytes of a head that continues in the next read
         self._between = True  # no message in progress: the next one starts a read's bytes
         self._fresh = True  # no message began yet in this read, and none was in progress
-        self._line_here = False  # the current request line starts at self._data[0]
+        self._line_here = False  # the current request line starts the window (carry + data)
         self._irregular = _NO_LINES  # request lines of one read that are not HTTP/1.1's...
         self._irregular_of = b""  # ...namely of this read (compared by identity)
 
@@ -254,8 +254,6 @@ class H1Connection:
             return
         self._data = data
         self._fresh = self._between
-        if self._in_head:
-            self._line_here = False  # the head began in an earlier read
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -271,6 +269,8 @@ class H1Connection:
         except httptools.HttpParserError as exc:
             reason = str(exc) or "malformed request"
             status, reason = _ERROR_STATUS.get(reason, (400, reason))
+            if reason == "Invalid method encountered" and self._unknown_method():
+                status, reason = 501, "method not implemented"
             self._fail(status, reason)
             return
         if self._progress:
@@ -290,8 +290,10 @@ class H1Connection:
             if self._url and self._irregular_line():
                 self._fail(400, "invalid request line: expected METHOD SP target SP HTTP/1.x")
                 return
-            self._carry = window[-(self.limits.max_request_line + _FIELD_SLACK):]
+            carry = self._carry = window[-(self.limits.max_request_line + _FIELD_SLACK):]
             self._irregular_of = b""  # the window of the same data changes with the carry
+            if len(carry) < len(window):
+                self._line_here = False  # the head's start is no longer in the window
         elif self._carry:
             self._carry = b""
             self._irregular_of = b""
@@ -462,10 +464,10 @@ class H1Connection:
         # The common case costs three index tests: the request line starts this read (no
         # CR/LF before it), one space follows the method, and at "METHOD SP target SP" stands
         # an H, the start of HTTP/ and of no other protocol llhttp accepts. Anything else
-        # (pipelined heads, a head split over reads) takes the exact check. The whole head
-        # is in this read when it started here, so the indexes are in range.
+        # (pipelined heads, a long head split over reads) takes the exact check. The whole
+        # head is in the window when it started it, so the indexes are in range.
         if self._line_here:
-            data = self._data
+            data = self._carry + self._data if self._carry else self._data
             method_end = len(raw_method)
             regular = data[0] > _SP and data[method_end + 1] != _SP and data[method_end + len(url) + 2] == _H
         else:
@@ -536,6 +538,18 @@ class H1Connection:
             self._pending_upgrade = head  # becomes an UpgradeRequest once llhttp stops
         else:
             self._events.append(head)
+
+    def _unknown_method(self) -> bool:
+        """Whether llhttp refused a method that is a well-formed token it does not know.
+
+        llhttp parses a fixed list of methods; any other token is still a valid method
+        (RFC 9110 §9.1), which a server that does not implement it answers with 501 (§15.6.2),
+        not 400. Told apart only when the request line starts the window, else 400.
+        """
+        if not self._line_here:
+            return False
+        method = (self._carry + self._data).partition(b" ")[0]
+        return len(method) <= 32 and is_token_bytes(method) is not None
 
     def _irregular_line(self) -> bool:
         """Whether the request line being parsed is one llhttp accepts but HTTP/1.1 does not.

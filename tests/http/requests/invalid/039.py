@@ -1,2 +1,2 @@
-status = 400
+status = 501
 # Methods are case-sensitive tokens.

@@ -1,0 +1,3 @@
+status = 400
+reason = 'method'
+# a method that is not a token.
