@@ -142,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.app.app:
         print("fastgate: error: no application given; pass MODULE:ATTR (e.g. 'fastgate main:app')", file=sys.stderr)
         return EXIT_USAGE
+    from fastgate import logs
+
+    try:
+        logs.configure(config.log)  # a broken --log-config is a config error like any other
+    except ConfigError as exc:
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if getattr(ns, "check_config", False):
         print("fastgate: configuration OK")
         return EXIT_OK

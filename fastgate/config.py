@@ -205,6 +205,10 @@ class LogSettings:
     )
     log_format: str = option("text", "Log line format.", kind=STR, choices=("text", "json"))
     log_file: str | None = option(None, "Write logs to this file (reopened on SIGUSR1).", kind=STR, optional=True)
+    log_config: str | None = option(
+        None, "Logging configuration file instead of fastgate's own: a dictConfig in .json or .yaml, or an INI "
+        "fileConfig.", kind=STR, optional=True, metavar="FILE",
+    )
 
 
 SECTIONS: dict[str, type] = {

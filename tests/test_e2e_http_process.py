@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -204,22 +204,31 @@ def test_access_log_can_be_switched_off(serve: Serve) -> None:
     assert "/marker-path" not in server.output
 
 
-def test_json_log_format(serve: Serve) -> None:
-    server = serve(APP, "--workers", "0", "--log-format", "json")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_json_log_format(serve: Serve, workers: str) -> None:
+    server = serve(APP, "--workers", workers, "--log-format", "json")
     with server.connect() as sock:
-        sock.sendall(b"GET /json-line?x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: t\xff\"\r\n\r\n")
+        sock.sendall(b"GET /json-line%20x?x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: t\xff\"\r\nReferer: r\r\n\r\n")
         read_response(sock)
+    with server.connect() as sock:  # a rejection is logged as JSON too
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+        recv_until_closed(sock)
     server.wait_line("json-line")
-    records: list[dict[str, Any]] = []
-    for line in server.output.splitlines():
-        if line.startswith("{"):
-            records.append(json.loads(line))
+    server.wait_line("rejected request")
+    server.stop()
+    # Every line, from the master, the workers and the access log alike, is one JSON object
+    # (but the one the test app prints itself).
+    records = [json.loads(line) for line in server.output.splitlines()
+               if line.strip() and line != "lifespan shutdown complete"]
+    assert all({"time", "level", "logger", "message", "pid"} <= set(r) for r in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records)
     assert any("Listening on" in r["message"] for r in records)
+    assert any("rejected request" in r["message"] and r["level"] == "warning" for r in records)
     access = next(r for r in records if r["logger"] == "fastgate.access")
-    assert access["m"] == "GET" and access["U"] == "/json-line" and access["q"] == "x=1"
-    assert access["s"] == 200 and access["b"] == 13 and access["h"].startswith("127.0.0.1:")
-    assert access["a"] == 't\\xff\\"' and isinstance(access["M"], float)
-    assert {"time", "level", "pid"} <= set(access)
+    assert access["method"] == "GET" and access["path"] == "/json-line%20x" and access["query"] == "x=1"
+    assert access["status"] == 200 and access["bytes_sent"] == 13 and access["client"].startswith("127.0.0.1:")
+    assert access["http_version"] == "1.1" and access["user_agent"] == 't\xff"' and access["referer"] == "r"
+    assert isinstance(access["duration_ms"], float) and "request_id" in access
 
 
 # ------------------------------------------------------------------ UNIX sockets

@@ -23,7 +23,7 @@ ALLOWED: list[tuple[str, set[str]]] = [
     ("fastgate.fields", {"fastgate.errors"}),
     ("fastgate.errors", set()),
     ("fastgate.ipc", set()),
-    ("fastgate.logs", {"fastgate.config"}),
+    ("fastgate.logs", {"fastgate.config", "fastgate.errors"}),
     ("fastgate.logging", {"fastgate.config"}),
     ("fastgate.asgi.types", set()),
     ("fastgate.asgi.channel", set()),

@@ -57,7 +57,7 @@ def test_access_atoms() -> None:
     assert a["p"] == f"<{os.getpid()}>"
     assert atoms(client=None)["h"] == "-"
     # Header atoms are only computed when the format (or JSON) uses them: hot path.
-    assert "a" not in atoms() and "a" in atoms(json_mode=True)
+    assert "a" not in atoms() and "a" in atoms("%({x-id}i)s")
     assert atoms("%(f)s", headers=[])["f"] == "-"
 
 
@@ -111,3 +111,120 @@ def test_configure_file_json_and_reopen(tmp_path: Path) -> None:
     assert logging.getLogger("fastgate").level == logs.TRACE
     assert sum(isinstance(h, logging.FileHandler) for h in logging.getLogger("fastgate").handlers) == 0
     logs.reopen_files()  # not a file: nothing to do
+
+
+def access_fields(**kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "client": ("10.0.0.1", 5555), "method": "GET", "raw_path": b"/a%20b\xff\"\n", "query": b"q=\x01&r=\xe9",
+        "http_version": "1.1", "status": 201, "length": 42, "duration": 0.0123456,
+        "headers": [(b"user-agent", b"curl\r\n\x00"), (b"referer", b"http://r/\xff"), (b"x-id", b"7")],
+    }
+    args.update(kw)
+    return logs.AccessFormatter(None, True).fields(**args)
+
+
+def test_json_access_fields_are_named() -> None:
+    fields = access_fields()
+    assert fields == {
+        "client": "10.0.0.1:5555", "method": "GET", "path": '/a%20b\\xff"\n', "query": "q=\x01&r=\\xe9",
+        "http_version": "1.1", "status": 201, "bytes_sent": 42, "duration_ms": 12.346,
+        "user_agent": "curl\r\n\x00", "referer": "http://r/\xff", "request_id": None,
+    }
+    assert access_fields(client=None, headers=[])["client"] is None
+
+
+def test_json_access_record_is_one_valid_ascii_line(caplog: pytest.LogCaptureFixture) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logs.JsonFormatter())
+    records: list[str] = []
+    handler.emit = lambda record: records.append(handler.format(record))  # type: ignore[method-assign]
+    logs.access_logger.addHandler(handler)
+    try:
+        logs.access_logger.disabled = False
+        logs.access_logger.setLevel(logging.INFO)
+        logs.AccessFormatter(None, True).log(
+            client=("::1", 1), method="POST", raw_path=b"/\xff\xfe\r\n{\"a\":1}", query=b"", http_version="1.0",
+            status=500, length=0, duration=1.0, headers=[(b"user-agent", "é".encode())],
+        )
+    finally:
+        logs.access_logger.removeHandler(handler)
+    assert len(records) == 1 and "\n" not in records[0] and records[0].isascii()
+    out = json.loads(records[0])
+    assert out["logger"] == "fastgate.access" and out["status"] == 500 and out["method"] == "POST"
+    assert out["path"] == '/\\xff\\xfe\r\n{"a":1}' and out["user_agent"] == "Ã©" and out["message"].startswith("POST /")
+    assert set(out) >= {"time", "level", "logger", "message", "pid", "client", "method", "path", "query",
+                        "http_version", "status", "bytes_sent", "duration_ms", "user_agent", "referer", "request_id"}
+
+
+@pytest.mark.parametrize("kind", ["json", "yaml", "ini"])
+def test_log_config_file(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "out.log"
+    if kind == "json":
+        path = tmp_path / "log.json"
+        path.write_text(json.dumps({
+            "version": 1, "disable_existing_loggers": False,
+            "formatters": {"f": {"format": "CUSTOM %(name)s %(message)s"}},
+            "handlers": {"h": {"class": "logging.FileHandler", "filename": str(out), "formatter": "f"}},
+            "loggers": {"fastgate": {"handlers": ["h"], "level": "INFO", "propagate": False}},
+        }))
+    elif kind == "yaml":
+        path = tmp_path / "log.yaml"
+        path.write_text(f"""
+version: 1
+disable_existing_loggers: false
+formatters: {{f: {{format: "CUSTOM %(name)s %(message)s"}}}}
+handlers: {{h: {{class: logging.FileHandler, filename: "{out}", formatter: f}}}}
+loggers: {{fastgate: {{handlers: [h], level: INFO, propagate: false}}}}
+""")
+    else:
+        path = tmp_path / "log.ini"
+        path.write_text(f"""[loggers]
+keys=root,fastgate
+[handlers]
+keys=h
+[formatters]
+keys=f
+[logger_root]
+handlers=
+[logger_fastgate]
+handlers=h
+level=INFO
+qualname=fastgate
+propagate=0
+[handler_h]
+class=FileHandler
+args=({str(out)!r},)
+formatter=f
+[formatter_f]
+format=CUSTOM %(name)s %(message)s
+""")
+    logs.configure(LogSettings(log_config=str(path)))
+    logs.error_logger.info("hello")
+    for handler in logging.getLogger("fastgate").handlers:
+        handler.flush()
+    assert "CUSTOM fastgate.error hello" in out.read_text()
+    for handler in list(logging.getLogger("fastgate").handlers):
+        logging.getLogger("fastgate").removeHandler(handler)
+        handler.close()
+
+
+@pytest.mark.parametrize(("name", "content", "expect"), [
+    ("missing.json", None, "cannot read"),
+    ("bad.json", "{", "not a valid logging configuration"),
+    ("bad.yaml", "version: 2", "not a valid logging configuration"),
+    ("bad.ini", "[nothing]", "not a valid logging configuration"),
+])
+def test_log_config_errors_are_one_line(tmp_path: Path, name: str, content: str | None, expect: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "fastgate", "tests.apps:app", "--check-config", "--log-config",
+                             str(path)], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastgate: error: --log-config: ") and expect in lines[0], lines

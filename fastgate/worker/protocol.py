@@ -17,7 +17,6 @@ from fastgate.asgi.http_cycle import RequestCycle
 from fastgate.asgi.scope import build_http_scope, build_websocket_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
-from fastgate.logs import access_logger
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import READ_ALL, READ_BACKLOG, READ_PIPELINE, FlowControl
 from fastgate.worker.websocket import WebSocketProtocol
@@ -511,7 +510,7 @@ class HttpProtocol(asyncio.Protocol):
         if fmt is None:
             return
         scope = cycle.scope
-        atoms = fmt.atoms(
+        fmt.log(
             client=scope.get("client"),
             method=scope["method"],
             raw_path=scope["raw_path"],
@@ -522,10 +521,6 @@ class HttpProtocol(asyncio.Protocol):
             duration=time.perf_counter() - cycle.start_time,
             headers=scope["headers"],
         )
-        if fmt.json_mode:
-            access_logger.info("%s %s %s", atoms["m"], atoms["U"], atoms["s"], extra={"access": atoms})
-        else:
-            access_logger.info("%s", fmt.line(atoms))
 
 
 

@@ -392,7 +392,7 @@ def test_json_access_log_record(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "fastgate.access"):
         run(main)
     record = next(r for r in caplog.records if r.name == "fastgate.access")
-    assert record.access["s"] == 200 and record.access["U"] == "/"  # type: ignore[attr-defined]
+    assert record.access["status"] == 200 and record.access["path"] == "/"  # type: ignore[attr-defined]
 
 
 def test_early_response_lingers_while_the_client_uploads() -> None:
