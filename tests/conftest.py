@@ -1,10 +1,35 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.server import ServerProcess
+
+# Hypothesis budgets for the property tests (tests/*/test_*_fuzz.py, the differential check).
+# "ci" (the default) is deterministic: derandomized, so every run tries the same examples
+# and a red CI is reproducible, and bounded to keep the whole fuzz set well under a minute.
+# "fuzz" (make fuzz) is the long, random run; it keeps failing examples in .hypothesis/ and
+# tries them first next time.
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,  # a loaded machine makes per-example timings meaningless
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=20_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

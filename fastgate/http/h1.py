@@ -515,6 +515,11 @@ class H1Connection:
                 and method == "GET"
                 and b"websocket" in [t.strip() for t in self._upgrade.split(b",")]
             ):
+                if self._body_framing() is not None:
+                    # The protocol switches only after the whole request (RFC 9110 §7.8), so
+                    # these body bytes would be HTTP, yet the WebSocket would read them as
+                    # frames. A handshake has no body (RFC 6455 §4.1): refuse it.
+                    raise _Reject(400, "WebSocket upgrade request with a body")
                 upgrade = b"websocket"
             else:
                 # Served as plain HTTP, but httptools makes llhttp skip the body: remember
