@@ -233,6 +233,13 @@ class Driver:
 
 def check_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool) -> None:
     """The server's bytes are exactly ``responses``, framed so that a client can read them."""
+    try:
+        _read_responses(wrote, responses, closed)
+    except h11.ProtocolError as exc:
+        raise AssertionError(f"a client cannot read the responses: {exc!r}\n{wrote!r}") from exc
+
+
+def _read_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool) -> None:
     client = h11.Connection(h11.CLIENT)
     client.receive_data(wrote)
     if closed:
@@ -305,5 +312,7 @@ def test_driver_sees_every_path() -> None:
     driver.feed([b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab"], eof=False)
     assert driver.responses == [("POST", 200)] and driver.phase == "closed"
     # A wrong response stream is caught by the client-side check.
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="cannot read"):
         check_responses(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxy", [("GET", 200)], closed=True)
+    with pytest.raises(AssertionError, match="after the last response"):
+        check_responses(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx" * 2, [("GET", 200)], closed=False)
