@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast lint types bench bench-quick bench-tools bench-resources clean
+.PHONY: install run test test-fast fuzz lint types bench bench-quick bench-tools bench-resources clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not e2e"
+
+# The hypothesis tests with the long budget (tests/conftest.py, profile "fuzz"); no per-test
+# timeout, statistics (disagreement categories, rejections) printed at the end.
+FUZZ_ARGS ?=
+fuzz: $(VENV)/.installed-test
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz --timeout 0 --hypothesis-show-statistics $(FUZZ_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check fastgate tests benchmarks

@@ -161,21 +161,43 @@ def stricter(fg: Parsed, h: Parsed) -> bool:
     return fg.outcome == "rejected" and (h.outcome != "rejected" or len(h.heads) > len(fg.heads))
 
 
+# ---------------------------------------------------------------- what neither parser checks
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], RFC 3986 §3.2.2 (IP-literal, IPv4 or reg-name;
+# an empty value is allowed when the target has no authority).
+_UNRESERVED_SUB = rb"A-Za-z0-9\-._~!$&'()*+,;="
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[" + _UNRESERVED_SUB + rb":]+\]|(?:[" + _UNRESERVED_SUB
+    + rb"]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+
+
+def rfc_violations(parsed: Parsed) -> list[str]:
+    """What fastgate accepted although the RFCs say no, where h11 does not check either."""
+    problems = []
+    for _method, target, _version, fields in parsed.heads:
+        if b"#" in target:
+            problems.append(f"fragment in the target {target!r} (RFC 9112 §3.2)")
+        for name, value in fields:
+            if name == b"host" and not _HOST.fullmatch(value):
+                problems.append(f"Host {value!r} is not uri-host [':' port] (RFC 9110 §7.2)")
+    return problems
+
+
 # ---------------------------------------------------------------- disagreement categories
 
 
 @dataclass(frozen=True)
 class Category:
-    """A known kind of disagreement, and how to take it out of a pair of results.
+    """A known, deliberate kind of disagreement, and how to take it out of a pair of results.
 
     Either ``fix_input`` rewrites the request bytes without the quirk (None: the quirk is
     not there), or ``fix_result`` adjusts the parsed pair the way the difference predicts
-    (None: it does not apply). ``kind`` is "deliberate" (fastgate is right, or the RFC lets
-    a recipient choose) or "known" (a fastgate bug with a fix under way).
+    (None: it does not apply). Each one is in docs/differential.md with the RFC text that
+    makes fastgate's side right, or lets a recipient choose.
     """
 
     name: str
-    kind: str
     fix_input: Callable[[bytes], bytes | None] | None = None
     fix_result: Callable[[Parsed, Parsed], tuple[Parsed, Parsed] | None] | None = None
 
@@ -188,15 +210,9 @@ def _changed(pattern: re.Pattern[bytes], replacement: bytes) -> Callable[[bytes]
     return fix
 
 
-# A request-line with runs of SP between its three parts (fastgate takes it, h11 does not).
-# Not anchored at a line start: a pipelined request-line follows a body directly.
-_SPACED_LINE = re.compile(rb"(?<![!#$%&'*+.^_`|~0-9A-Za-z-])([!#$%&'*+.^_`|~0-9A-Za-z-]+) +([\x21-\x7e]+) +"
-                          rb"(HTTP/[0-9]\.[0-9])\r\n")
 # Empty lines (CR, LF) before a request-line: at the start, or after a head without body.
 _EMPTY_LINES = re.compile(rb"(\A|\r\n\r\n)[\r\n]+(?=[A-Za-z])")
-# A request-line naming another protocol than HTTP.
-_PROTOCOL = re.compile(rb"(?<![!#$%&'*+.^_`|~0-9A-Za-z-])([!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ )"
-                       rb"(?!HTTP/)[A-Za-z]+/([0-9]\.[0-9])\r\n")
+_ABSOLUTE = re.compile(rb"(?i)https?://([^/?]*)")
 
 
 def _http10_keep_alive(fg: Parsed, h: Parsed) -> tuple[Parsed, Parsed] | None:
@@ -208,20 +224,24 @@ def _http10_keep_alive(fg: Parsed, h: Parsed) -> tuple[Parsed, Parsed] | None:
     return Parsed(fg.heads[: len(h.heads)], fg.bodies[: len(h.bodies)], "closed"), h
 
 
-def _trailing_ows(fg: Parsed, h: Parsed) -> tuple[Parsed, Parsed] | None:
-    heads = [(m, t, v, tuple((n, value.rstrip(b" \t")) for n, value in fields)) for m, t, v, fields in fg.heads]
-    if heads == fg.heads:
+def _absolute_form_host(fg: Parsed, h: Parsed) -> tuple[Parsed, Parsed] | None:
+    # fastgate puts an absolute-form target's authority in place of Host (RFC 9112 §3.2.2);
+    # h11 passes Host on as sent. Apply the same rule to h11's heads.
+    heads = []
+    for method, target, version, fields in h.heads:
+        match = _ABSOLUTE.match(target)
+        if match is not None:
+            fields = tuple((n, match.group(1) if n == b"host" else v) for n, v in fields)
+        heads.append((method, target, version, fields))
+    if heads == h.heads:
         return None
-    return Parsed(heads, fg.bodies, fg.outcome, fg.status, fg.reason, fg.remainder), h
+    return fg, Parsed(heads, h.bodies, h.outcome, h.status, h.reason, h.remainder)
 
 
 CATEGORIES = [
-    Category("request-line-whitespace", "deliberate", fix_input=_changed(_SPACED_LINE, rb"\1 \2 \3\r\n")),
-    Category("http10-keep-alive", "deliberate", fix_result=_http10_keep_alive),
-    Category("empty-line-before-request", "deliberate", fix_input=_changed(_EMPTY_LINES, rb"\1")),
-    # Known until the parser fixes of issue 11 land on main (then fastgate agrees or refuses).
-    Category("trailing-ows", "known", fix_result=_trailing_ows),
-    Category("protocol-name", "known", fix_input=_changed(_PROTOCOL, rb"\1HTTP/\2\r\n")),
+    Category("empty-line-before-request", fix_input=_changed(_EMPTY_LINES, rb"\1")),
+    Category("http10-keep-alive", fix_result=_http10_keep_alive),
+    Category("absolute-form-host", fix_result=_absolute_form_host),
 ]
 
 

@@ -43,9 +43,6 @@ LIMITS = [
 ]
 POLICIES = ["end", "head", "stream", "idle", "late"]
 STATUSES = [200, 204, 304, 404, 500, 201]
-# Issue 11 (item 5): a 400 answering HEAD carries a body. The fix is under way on main; until
-# it lands the client-side check reads error responses as answers to GET. Then: False.
-ERROR_ANSWERING_HEAD_HAS_BODY = True
 
 
 def event(name: str) -> None:
@@ -159,9 +156,11 @@ class Driver:
             if self.started:
                 self.phase = "closed"  # a response is under way: the adapter closes
                 return
-            method = self.head.method if self.phase == "body" and self.head is not None else "GET"
-            if method == "HEAD" and ERROR_ANSWERING_HEAD_HAS_BODY:
-                method = "GET"
+            # The answer to a HEAD request has no body (RFC 9110 §9.3.2); the client reads it so.
+            method = "HEAD" if ev.head else "GET"
+            if self.phase == "body":  # a broken body: the request it belongs to is known
+                assert self.head is not None and ev.head is (self.head.method == "HEAD")
+                method = self.head.method
             self.wrote += conn.error_response(ev.status, ev.reason)
             self.responses.append((method, ev.status))
             self.complete = len(self.wrote)
