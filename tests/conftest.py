@@ -15,7 +15,7 @@ from tests.server import ServerProcess
 # tries them first next time.
 settings.register_profile(
     "ci",
-    max_examples=200,
+    max_examples=300,
     deadline=None,  # a loaded machine makes per-example timings meaningless
     derandomize=True,
     database=None,
