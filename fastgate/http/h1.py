@@ -428,10 +428,15 @@ class H1Connection:
         # supported: 501, decided once the head is complete (on_headers_complete).
         self._rare = True
         for item in value.split(b","):
-            coding = item.partition(b";")[0].strip().lower()
+            name, parameters, _ = item.partition(b";")
+            coding = name.strip().lower()
             if self._chunked or not is_token_bytes(coding):
                 raise _Reject(400, "invalid Transfer-Encoding")
             if coding == b"chunked":
+                if parameters:
+                    # chunked takes no parameters (RFC 9112 §7.1 defines none). llhttp refuses
+                    # "chunked;q=1" too, but only after the head was handed to the app.
+                    raise _Reject(400, "invalid Transfer-Encoding")
                 self._chunked = True
             else:
                 self._te_other = coding

@@ -77,6 +77,9 @@ FIXED = {
     "runs of spaces in the request line (RFC 9112 §3 MAY; refused since, as h11 does)": (
         b"GET  /  HTTP/1.1\r\nHost: a\r\n\r\n"
     ),
+    "chunked;q=1: head handed out before llhttp refused the framing": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n"
+    ),
     "WebSocket upgrade body handed to the WebSocket (RFC 9110 §7.8)": (
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Content-Length: 2\r\n\r\nab\x81\x80\x00\x00\x00\x00"
@@ -101,6 +104,8 @@ def test_fixed_disagreement_stays_fixed(name: str) -> None:
     data = FIXED[name]
     fg, h = parse_fastgate([data]), parse_h11(data)
     assert agrees(fg, h) and explain(data, fg, h) == []
+    if fg.outcome == "rejected":
+        assert not fg.heads, "a refused request must not reach the app first"
 
 
 @pytest.mark.parametrize(
