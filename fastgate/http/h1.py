@@ -855,7 +855,8 @@ class H1Connection:
 
 def _irregular_request_lines(window: bytes) -> frozenset[bytes]:
     """``METHOD SP target`` of every line of ``window`` that reads as a request line with a
-    protocol other than HTTP/ or with more than one space between its three parts."""
+    protocol other than HTTP/ or with more than one space between its parts (also one still
+    arriving, whose protocol is not there yet)."""
     if b"TSP/" not in window and b"ICE/" not in window and b"  " not in window:
         return _NO_LINES
     found = set()
@@ -863,6 +864,11 @@ def _irregular_request_lines(window: bytes) -> frozenset[bytes]:
         parts = line.split(b" ")
         words = [part for part in parts if part]
         if len(words) == 3 and (len(parts) != 3 or not words[2].startswith(b"HTTP/")):
+            found.add(words[0] + b" " + words[1])
+        elif len(words) == 2 and len(parts) > 3:
+            # A request line still arriving, with a run of spaces already: judge it now.
+            # llhttp takes any number of them, and a few KiB would push its method and
+            # target out of the carried bytes before the protocol name arrives.
             found.add(words[0] + b" " + words[1])
     return frozenset(found)
 
