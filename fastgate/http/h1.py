@@ -861,7 +861,8 @@ def _irregular_request_lines(window: bytes) -> frozenset[bytes]:
         return _NO_LINES
     found = set()
     for line in window.split(b"\r\n"):
-        parts = line.split(b" ")
+        # llhttp skips CR and LF bytes before a request line: "\nGET / RTSP/1.0" is one.
+        parts = line.lstrip(b"\r\n").split(b" ")
         words = [part for part in parts if part]
         if len(words) == 3 and (len(parts) != 3 or not words[2].startswith(b"HTTP/")):
             found.add(words[0] + b" " + words[1])
