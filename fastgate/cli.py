@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from fastgate import __version__
+from fastgate import __version__, handover
 from fastgate.config import BOOL, LIST, OPTIONS, Config, closest, load, parse_value
 from fastgate.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
@@ -133,9 +133,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fastgate`` and ``python -m fastgate``; returns the exit code."""
     try:
         config, ns = parse_args(argv)
-    except ConfigError as exc:
-        print(f"fastgate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ConfigError, SystemExit) as exc:
+        state = handover.peek()
+        if state is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            if isinstance(exc, SystemExit):
+                raise
+            print(f"fastgate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        # A master re-executing itself in place must not die of a config file edited in
+        # the meantime: as at any reload, the running configuration stays.
+        detail = f": {exc}" if isinstance(exc, ConfigError) else ""
+        print(f"fastgate: error: Reload: invalid configuration ignored, keeping the current one{detail}",
+              file=sys.stderr)
+        from fastgate.runner import run
+
+        return run(handover.config_from(state), reread=lambda: parse_args(argv)[0])
     if getattr(ns, "print_config", False):
         print(json.dumps(config.flat(), indent=2, default=list))
         return EXIT_OK

@@ -88,6 +88,12 @@ class AppSettings:
     )
     timeout_lifespan: float = option(60.0, "Seconds lifespan startup (and shutdown) may take.", kind=FLOAT)
     root_path: str = option("", "ASGI root_path for apps mounted below a URL prefix.", kind=STR)
+    preload: bool = option(
+        False,
+        "Import the app in the master before forking, so workers share its memory copy-on-write; "
+        "each worker still runs the lifespan. SIGHUP then re-executes the master in place to load new code.",
+        kind=BOOL,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +185,16 @@ class ProcessSettings:
         0.0, "On SIGTERM, keep serving (readiness 503) for this many seconds before draining.", kind=FLOAT
     )
     pid_file: str | None = option(None, "Write the master's pid to this file.", kind=STR, optional=True, flag="--pid")
+    limit_max_memory: int | None = option(
+        None, "Recycle a worker whose RSS exceeds this many MiB (checked at each heartbeat; replacement first).",
+        kind=INT, optional=True, metavar="MIB",
+    )
+    limit_max_lifetime: float | None = option(
+        None, "Recycle a worker after it served this many seconds (replacement first).", kind=FLOAT, optional=True,
+    )
+    limit_max_lifetime_jitter: float = option(
+        0.0, "Random 0..J seconds added to --limit-max-lifetime so workers don't recycle together.", kind=FLOAT
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,7 +430,7 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 # FASTGATE_* variables that are not options.
-NON_OPTION_ENV = frozenset({ENV_PREFIX + "CONFIG"})
+NON_OPTION_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "HANDOVER"})  # handover.ENV
 
 
 def closest(name: str, candidates: list[str]) -> str | None:
@@ -537,11 +553,17 @@ def validate(config: Config) -> None:
     positive("--timeout-worker-healthcheck", p.timeout_worker_healthcheck)
     positive("--timeout-worker-boot", p.timeout_worker_boot)
     positive("--shutdown-delay", p.shutdown_delay, allow_zero=True)
+    positive("--limit-max-memory", p.limit_max_memory)
+    positive("--limit-max-lifetime", p.limit_max_lifetime)
+    positive("--limit-max-lifetime-jitter", p.limit_max_lifetime_jitter, allow_zero=True)
     positive("--timeout-lifespan", config.app.timeout_lifespan)
     positive("--reload-delay", config.reload.reload_delay, allow_zero=True)
     if config.reload.reload and p.workers == 0:
         raise ConfigError("--reload: needs the master, which restarts worker processes; use --workers 1 "
                           "(or more) with --reload, or drop --reload to run in one process")
+    if config.app.preload and p.workers == 0:
+        raise ConfigError("--preload: imports the app in the master before it forks workers; --workers 0 runs "
+                          "no master, so use --workers 1 (or more) with --preload, or drop --preload")
     if config.app.root_path and not config.app.root_path.startswith("/"):
         raise ConfigError(f"--root-path: must start with '/' (got {config.app.root_path!r})")
 

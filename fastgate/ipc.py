@@ -1,4 +1,5 @@
-"""Worker -> master messages over a pipe: one byte each (``READY``, ``BEAT``, ``DRAINING``).
+"""Worker -> master messages over a pipe: one byte each (``READY``, ``BEAT``, ``DRAINING``,
+``RECYCLE``).
 
 One byte per message means a read never sees half a message, and a write of one byte to a
 pipe is atomic. The worker's end is non-blocking: if the master is slow and the pipe is full,
@@ -15,8 +16,11 @@ from collections.abc import Callable
 READY = b"R"
 BEAT = b"B"
 DRAINING = b"D"
+# The worker reached --limit-max-requests and keeps serving: the master starts its
+# replacement, and tells it to drain once the replacement is ready.
+RECYCLE = b"L"
 
-MESSAGES = frozenset({READY, BEAT, DRAINING})
+MESSAGES = frozenset({READY, BEAT, DRAINING, RECYCLE})
 
 
 def decode(data: bytes) -> list[bytes]:
@@ -53,6 +57,9 @@ class PipeReporter:
 
     def draining(self) -> None:
         self._send(DRAINING)
+
+    def recycle(self) -> None:
+        self._send(RECYCLE)
 
     def _send(self, message: bytes) -> None:
         if self._gone:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastgate import logs
+from fastgate import handover, logs
 from fastgate.config import Config
 
 
@@ -20,6 +20,13 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
     master supervises ``--workers`` forked workers, even when that is one.
     """
     logs.configure(config.log)
+    state = handover.peek()
+    if state is not None and config.process.workers == 0:
+        # Re-executed in place: the adopted workers need this master. A config asking for
+        # no master is refused like any invalid one at a reload.
+        logs.error_logger.error("Reload: --workers 0 cannot replace a running master in place; "
+                                "configuration ignored, keeping the current one")
+        config = handover.config_from(state)
     if config.process.workers == 0:
         from fastgate.worker.server import run_single
 
@@ -63,7 +70,12 @@ def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
     warm_worker_imports()
     reloader = Reloader(options)
-    reloader.start()
+    state = handover.peek()
+    watcher = state.get("watcher") if state is not None else None
+    if watcher is not None:
+        reloader.adopt(watcher["pid"], watcher["fd"])  # the master re-executed itself in place
+    else:
+        reloader.start()
     try:
         while True:
             master = Master(config, reread=reread, reload_source=reloader)

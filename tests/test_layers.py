@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "fastgate"
 
 LEAF = {"fastgate.config", "fastgate.errors", "fastgate.fields", "fastgate.logs", "fastgate.logging", "fastgate.ipc",
-        "fastgate.notify",
+        "fastgate.notify", "fastgate.handover",
         "fastgate.asgi.types", "fastgate.asgi.channel"}
 
 # What each layer may import from fastgate (module-level imports). A module's own package
@@ -23,6 +23,8 @@ ALLOWED: list[tuple[str, set[str]]] = [
     ("fastgate.fields", {"fastgate.errors"}),
     ("fastgate.errors", set()),
     ("fastgate.ipc", set()),
+    # The master's handover across exec: the running config, and fastgate's version for the log.
+    ("fastgate.handover", {"fastgate", "fastgate.config"}),
     ("fastgate.logs", {"fastgate.config", "fastgate.errors"}),
     ("fastgate.logging", {"fastgate.config"}),
     ("fastgate.asgi.types", set()),
@@ -45,6 +47,7 @@ LAZY_ALLOWED = {
     ("fastgate.runner", "fastgate.supervisor"),
     ("fastgate.runner", "fastgate.ws"),
     ("fastgate.supervisor.spawner", "fastgate.worker"),  # the child's entry point
+    ("fastgate.supervisor.spawner", "fastgate.asgi"),  # --preload: the master imports the app
     ("fastgate.supervisor.master", "fastgate.worker"),
     ("fastgate.supervisor.reload", "fastgate.worker"),
     ("fastgate.cli", "fastgate.runner"),

@@ -1,4 +1,4 @@
-"""The master process: one thread, no event loop, no app import.
+"""The master process: one thread, no event loop, no app import (unless ``--preload``).
 
 How it works
 ------------
@@ -12,9 +12,11 @@ Then it loops: ``select`` over the wakeup socket, every worker's report pipe and
 *reload source* (a readable fd; a byte means "reload like SIGHUP", used by ``--reload``),
 with a timeout up to the policy's next deadline. After each wake-up it
 
-1. reads the worker pipes (READY / BEAT / DRAINING),
+1. reads the worker pipes (READY / BEAT / DRAINING / RECYCLE; with --limit-max-memory a
+   BEAT comes with the worker's RSS, read from ``/proc/PID/statm``),
 2. reaps every exited child with ``waitpid(-1, WNOHANG)``; unknown pids (orphans adopted
-   when the master is PID 1) are reaped and logged at debug level,
+   when the master is PID 1) are reaped and logged at debug level; the pre-exec check's
+   exit becomes ``UpgradeChecked``,
 3. turns the signals into events (SIGHUP first re-reads the configuration),
 4. sends a ``Tick``,
 
@@ -24,60 +26,86 @@ master never decides anything itself; ``policy.py`` does.
 Every worker also inherits the read end of a *life pipe* whose write end only the master
 holds: when the master dies, even by SIGKILL, the pipe reads EOF in every worker and they
 drain and exit (no orphans).
+
+``--preload``: after binding, the master imports the app (and the worker code) and calls
+``gc.freeze()``, then forks; each worker uses that app object and runs the lifespan itself.
+A reload then cannot fork fresh code, so the master re-executes itself in place (``ReExec``,
+also SIGUSR2 to upgrade fastgate itself): it hands its sockets, pipes and policy state to
+its next image (see ``fastgate/handover.py`` for exactly what crosses ``exec``), which adopts
+the running workers as the old generation and reloads from there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastgate import logs, notify
+from fastgate import handover, logs, notify
 from fastgate.config import Config
-from fastgate.errors import EXIT_BOOT_FAILED, BindError, ConfigError
-from fastgate.ipc import BEAT, DRAINING, READY, decode
-from fastgate.supervisor.policy import (
+from fastgate.errors import EXIT_BOOT_FAILED, AppLoadError, BindError, ConfigError
+from fastgate.ipc import BEAT, DRAINING, READY, RECYCLE, decode
+from fastgate.supervisor.events import (
     Action,
+    CheckUpgrade,
     ChildExited,
     CloseListeners,
     Event,
     Exit,
     Notify,
-    Phase,
     PolicySettings,
+    ReExec,
     ReleaseSlot,
     ReloadEnded,
     ReloadRequested,
     ReloadStarted,
+    Resumed,
     SendSignal,
     SignalReceived,
     Spawn,
     Spawned,
     SpawnFailed,
     Start,
-    Supervisor,
+    StopUpgradeCheck,
     Tick,
+    UpgradeChecked,
+    UpgradeFailed,
     WorkerBeat,
     WorkerDraining,
     WorkerReady,
+    WorkerRecycle,
 )
-from fastgate.supervisor.sockets import Listener, bind_all, rebind
-from fastgate.supervisor.spawner import ForkSpawner, Spawner, become_worker
+from fastgate.supervisor.policy import Phase, Supervisor
+from fastgate.supervisor.sockets import Listener, bind_all, from_fd, rebind
+from fastgate.supervisor.spawner import (
+    Executor,
+    ForkSpawner,
+    ProcessExecutor,
+    Spawner,
+    become_worker,
+    preload_app,
+    report_app_load_error,
+)
 
 logger = logging.getLogger("fastgate.error")
 
 HANDLED_SIGNALS = (
     signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
 )
+MIB = 1024 * 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MAX_SLEEP = 1.0  # wake at least this often, so a lost wake-up can never stall the master
 
 _WAKEUP = "wakeup"
@@ -94,7 +122,24 @@ def policy_settings(config: Config) -> PolicySettings:
         boot_timeout=p.timeout_worker_boot,
         shutdown_delay=p.shutdown_delay,
         reload_canary=config.reload.reload,
+        dev_reload=config.reload.reload,
+        preload=config.app.preload,
+        max_memory=p.limit_max_memory * MIB if p.limit_max_memory is not None else None,
+        max_lifetime=p.limit_max_lifetime,
+        max_lifetime_jitter=p.limit_max_lifetime_jitter,
     )
+
+
+def read_rss(pid: int) -> int | None:
+    """A process's resident set size in bytes (``/proc/PID/statm``), None if unreadable.
+
+    The RSS ``ps`` shows: with ``--preload`` it includes the shared pages the worker maps.
+    """
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Master:
@@ -111,6 +156,7 @@ class Master:
             reloader) reads and logs its own messages instead: it returns whether a reload
             is requested and sets ``closed`` at EOF.
         spawner: how workers are started (tests pass a fake).
+        executor: how the master re-executes itself (tests pass a fake).
         clock: monotonic time source.
     """
 
@@ -121,6 +167,7 @@ class Master:
         reread: Callable[[], Config] | None = None,
         reload_source: Any = None,
         spawner: Spawner | None = None,
+        executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -130,14 +177,19 @@ class Master:
         if reload_source is not None:
             self.reload_fd = reload_source if isinstance(reload_source, int) else reload_source.fileno()
         self.spawner: Spawner = spawner if spawner is not None else ForkSpawner(self._child_main, block=HANDLED_SIGNALS)
+        self.executor: Executor = executor if executor is not None else ProcessExecutor()
         self.clock = clock
+        self.app: Any = None  # the preloaded app (--preload), shared with every worker forked
         self.policy = Supervisor(policy_settings(config))
         self.listeners: list[Listener] = []
         self.selector = selectors.DefaultSelector()
         self.pid = os.getpid()
         self.exit_code: int | None = None
         self.pid_to_wid: dict[int, int] = {}
+        self.wid_to_pid: dict[int, int] = {}
         self.wid_to_fd: dict[int, int] = {}
+        self._check_pid: int | None = None  # the pre-exec check process
+        self.resumed_from: dict[str, Any] | None = None  # the handover this image started from
         self._wakeup_r: socket.socket | None = None
         self._wakeup_w: socket.socket | None = None
         self._life_r: int | None = None
@@ -151,28 +203,74 @@ class Master:
     # ------------------------------------------------------------ entry
 
     def run(self) -> int:
-        """Run until the policy says exit; returns the exit code."""
+        """Run until the policy says exit; returns the exit code.
+
+        A master started by its previous image's ``exec`` (``FASTGATE_HANDOVER`` names this
+        pid) adopts that image's sockets and workers instead of binding and starting anew.
+        """
+        state = handover.take()
+        if state is None:
+            try:
+                self.listeners = bind_all(self.config, per_slot=True)
+            except BindError as exc:
+                print(f"fastgate: error: {exc}", file=sys.stderr)
+                return EXIT_BOOT_FAILED
         try:
-            self.listeners = bind_all(self.config, per_slot=True)
-        except BindError as exc:
-            print(f"fastgate: error: {exc}", file=sys.stderr)
-            return EXIT_BOOT_FAILED
-        try:
+            settings: PolicySettings | None = None
+            if state is not None:
+                settings = self._adopt(state)
             # Handlers first: a script that sees "Listening" may signal us at once.
             self._setup_signals()
             self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
-            for listener in self.listeners:
-                logger.info("Listening on %s (pid %d)", listener.display, self.pid)
-            self._life_r, self._life_w = os.pipe()
+            if state is None:
+                for listener in self.listeners:
+                    logger.info("Listening on %s (pid %d)", listener.display, self.pid)
+                self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
                 os.set_blocking(self.reload_fd, False)
                 self.selector.register(self.reload_fd, selectors.EVENT_READ, _RELOAD)
-            self._feed(Start())
+            target = self._pending.config if self._pending is not None else self.config
+            app_error = self._preload(target) if target.app.preload else None
+            if state is None:
+                self._feed(Start(app_error))
+            else:
+                if app_error is not None:
+                    self._discard_pending()
+                elif self.policy.phase is Phase.BROKEN:
+                    # Nothing to roll back to (the app had never started): apply the new
+                    # configuration now, as the first start would have.
+                    self._on_reload_started()
+                    self._on_reload_ended(ok=True)
+                self._feed(Resumed(settings, app_error))
             while self.exit_code is None:
                 self._step()
             return self.exit_code
         finally:
             self._cleanup()
+
+    def _preload(self, config: Config) -> str | None:
+        """``--preload``: import the app now, before any fork; the error line if it fails."""
+        try:
+            app = preload_app(config)
+        except AppLoadError as exc:
+            report_app_load_error(exc)
+            return str(exc)
+        except Exception as exc:  # fastgate's own worker code did not import (a broken upgrade)
+            traceback.print_exc()
+            print(f"fastgate: error: could not import fastgate's worker code: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return f"{type(exc).__name__}: {exc}"
+        self.app = app
+        threads = threading.active_count()
+        if threads > 1:
+            logger.warning("--preload: importing the app started %d thread(s) in the master; the workers are forked "
+                           "without them (a fork copies only the calling thread): start threads, pools and "
+                           "connections in the lifespan instead", threads - 1)
+        # Everything imported so far goes to the permanent generation: the cyclic GC of a
+        # worker never walks it, so it never writes to (and copies) those pages.
+        # benchmarks/PRELOAD.md has the figures.
+        gc.freeze()
+        return None
 
     # ------------------------------------------------------------ the loop
 
@@ -191,8 +289,13 @@ class Master:
         for pid, code in self.spawner.reap():
             wid = self.pid_to_wid.pop(pid, None)
             if wid is None:
+                if pid == self._check_pid:
+                    self._check_pid = None
+                    self._feed(UpgradeChecked(code == 0, f"the check process exited with {_how(code)}"))
+                    continue
                 logger.debug("Reaped unknown child %d (exit %d)", pid, code)
                 continue
+            self.wid_to_pid.pop(wid, None)
             self._read_pipe(wid)  # a READY/DRAINING written just before exiting
             self._close_pipe(wid)
             self._feed(ChildExited(wid, code))
@@ -218,6 +321,8 @@ class Master:
             return
         if sig == signal.SIGUSR1:
             logs.reopen_files()
+        if sig == signal.SIGUSR2 and self.policy.phase in (Phase.STOPPING, Phase.EXITED):
+            return
         self._feed(SignalReceived(sig))
 
     def _reload_config(self) -> PolicySettings | None:
@@ -307,6 +412,15 @@ class Master:
         elif isinstance(action, ReleaseSlot):
             for listener in self.listeners:
                 listener.release(action.slot)
+        elif isinstance(action, CheckUpgrade):
+            return self._start_check()
+        elif isinstance(action, StopUpgradeCheck):
+            if self._check_pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self._check_pid, signal.SIGKILL)
+                self._check_pid = None  # reaped as an unknown child
+        elif isinstance(action, ReExec):
+            return self._reexec(action.reason)
         elif isinstance(action, Exit):
             self.exit_code = action.code
         return []
@@ -320,9 +434,143 @@ class Master:
             return self.policy.handle(SpawnFailed(action.wid, str(exc)), self.clock())
         os.set_blocking(handle.fd, False)  # the loop must never block on one worker
         self.pid_to_wid[handle.pid] = action.wid
+        self.wid_to_pid[action.wid] = handle.pid
         self.wid_to_fd[action.wid] = handle.fd
         self.selector.register(handle.fd, selectors.EVENT_READ, action.wid)
         return self.policy.handle(Spawned(action.wid, handle.pid), self.clock())
+
+    # ------------------------------------------------------------ re-exec in place
+
+    def _inherited_fds(self) -> list[int]:
+        """Every fd the next image adopts (see ``fastgate/handover.py``)."""
+        fds = [sock.fileno() for listener in self.listeners for sock in listener.all_sockets()]
+        fds += [fd for fd in (self._life_r, self._life_w, self.reload_fd) if fd is not None]
+        fds += list(self.wid_to_fd.values())
+        return fds
+
+    def _start_check(self) -> list[Action]:
+        listeners = [sock.fileno() for listener in self.listeners for sock in listener.all_sockets()]
+        try:
+            self._check_pid = self.executor.start_check(listeners)
+        except OSError as exc:
+            return self.policy.handle(UpgradeChecked(False, f"cannot start the check: {exc}"), self.clock())
+        return []
+
+    def _handover_state(self, reason: str) -> dict[str, Any]:
+        watcher = None
+        if self.reload_fd is not None:
+            watcher_pid = getattr(self.reload_source, "pid", None)
+            watcher = {"pid": watcher_pid, "fd": self.reload_fd}
+        return {
+            "reason": reason,
+            "config": self.config.flat(),
+            "listeners": [
+                {
+                    "kind": listener.kind,
+                    "key": list(listener.key) if listener.key is not None else None,
+                    "unix_path": listener.unix_path,
+                    "per_slot": listener.per_slot,
+                    "backlog": listener.backlog,
+                    "fd": listener.sock.fileno(),
+                    "slots": [[slot, sock.fileno()] for slot, sock in listener.slot_socks.items()],
+                }
+                for listener in self.listeners
+            ],
+            "life": [self._life_r, self._life_w],
+            "pipes": [[wid, fd] for wid, fd in self.wid_to_fd.items()],
+            "pid_file": self._pid_file_written,
+            "watcher": watcher,
+            "policy": self.policy.snapshot(),
+        }
+
+    def _reexec(self, reason: str) -> list[Action]:
+        """Replace this image with the installed code: same pid, same sockets, same workers.
+
+        Returns only if ``exec`` failed (the policy then rolls back); on success the new
+        image carries on (``run`` with a handover).
+        """
+        self._discard_pending()  # the new image reads the configuration itself
+        env = dict(os.environ)
+        env[handover.ENV] = handover.encode(self._handover_state(reason))
+        fds = self._inherited_fds()
+        logger.info("Re-executing the master in place (pid %d): %d worker(s) and %d listener(s) handed over",
+                    self.pid, len(self.wid_to_fd), len(self.listeners))
+        for handler in logging.getLogger("fastgate").handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Blocked, signals wait for the new image's handlers instead of killing the process
+        # (the default action) or vanishing between exec and the new set_wakeup_fd.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        was_inheritable = {fd: os.get_inheritable(fd) for fd in fds}
+        try:
+            for fd in fds:
+                os.set_inheritable(fd, True)
+            self.executor.exec(env)
+        except OSError as exc:
+            for fd, inheritable in was_inheritable.items():
+                os.set_inheritable(fd, inheritable)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            return self.policy.handle(UpgradeFailed(str(exc)), self.clock())
+
+    def _adopt(self, state: dict[str, Any]) -> PolicySettings | None:
+        """Take over what the previous image handed over; the settings the new config asks for.
+
+        The previous image's configuration stays current and the one this image read is
+        *pending*, exactly as after a SIGHUP's re-read: the reload that ``Resumed`` starts
+        applies it, and a failed reload restores the previous one.
+        """
+        self.resumed_from = state
+        for raw in state["listeners"]:
+            key = raw["key"]
+            if key is not None:
+                kind, value = key
+                key = (kind, tuple(value) if isinstance(value, list) else value)
+            listener = Listener(from_fd(raw["fd"]), raw["kind"], unix_path=raw["unix_path"], key=key,
+                                per_slot=raw["per_slot"], backlog=raw["backlog"])
+            for slot, fd in raw["slots"]:
+                listener.slot_socks[int(slot)] = from_fd(fd)
+            self.listeners.append(listener)
+        self._life_r, self._life_w = state["life"]
+        for fd in (self._life_r, self._life_w):
+            os.set_inheritable(fd, False)
+        self._pid_file_written = bool(state["pid_file"])
+        self.policy = Supervisor.restore(state["policy"])
+        for w in self.policy.workers.values():
+            if w.pid is not None:
+                self.pid_to_wid[w.pid] = w.wid
+                self.wid_to_pid[w.wid] = w.pid
+        for wid, fd in state["pipes"]:
+            os.set_inheritable(fd, False)
+            os.set_blocking(fd, False)
+            self.wid_to_fd[wid] = fd
+            self.selector.register(fd, selectors.EVENT_READ, wid)
+        watcher = state.get("watcher")
+        if watcher is not None and watcher["fd"] != self.reload_fd:
+            # --reload was switched off: the watcher the previous image started goes.
+            os.close(watcher["fd"])
+            if watcher["pid"]:
+                with contextlib.suppress(OSError):
+                    os.kill(watcher["pid"], signal.SIGKILL)
+        logger.info("fastgate %s re-executed in place (pid %d, %s; was %s): %d worker(s) adopted",
+                    handover.running_version(), self.pid, state.get("reason", "?"), state.get("fastgate", "?"),
+                    len(self.policy.workers))
+        new = self.config
+        try:
+            old = handover.config_from(state)
+        except ConfigError:
+            old = new
+        self.config = old
+        listeners: list[Listener] | None = None
+        if new.listeners_changed(old):
+            try:
+                listeners, _ = rebind(new, self.listeners)
+            except BindError as exc:
+                logger.error("Reload: %s; configuration ignored, keeping the current one", exc)
+                return None
+        if new != old or listeners is not None:
+            self._pending = _PendingConfig(new, listeners)
+        return policy_settings(new)
 
     # ------------------------------------------------------------ fds
 
@@ -371,13 +619,19 @@ class Master:
             if not data:
                 self._close_pipe(wid)  # the worker closed it; its exit comes through SIGCHLD
                 return
+            rss: int | None = None
+            if self.policy.settings.max_memory is not None and BEAT in data:
+                pid = self.wid_to_pid.get(wid)
+                rss = read_rss(pid) if pid is not None else None
             for message in decode(data):
                 if message == BEAT:
-                    self._feed(WorkerBeat(wid))
+                    self._feed(WorkerBeat(wid, rss))
                 elif message == READY:
                     self._feed(WorkerReady(wid))
                 elif message == DRAINING:
                     self._feed(WorkerDraining(wid))
+                elif message == RECYCLE:
+                    self._feed(WorkerRecycle(wid))
 
     def _close_pipe(self, wid: int) -> None:
         fd = self.wid_to_fd.pop(wid, None)
@@ -396,6 +650,9 @@ class Master:
         for sig in HANDLED_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, _noop)
         self._old_wakeup_fd = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        # A previous image blocked these across exec (see _reexec): what arrived meanwhile
+        # is delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _write_pid_file(self) -> None:
         path = self.config.process.pid_file
@@ -452,7 +709,8 @@ class Master:
                 if id(sock) not in keep:
                     sock.close()
         assert self._life_r is not None
-        return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid)
+        return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid,
+                             app=self.app)
 
 
 @dataclass(slots=True)
@@ -463,3 +721,7 @@ class _PendingConfig:
 
 def _noop(signum: int, frame: object) -> None:
     """The C handler already wrote the signal number to the wakeup socket."""
+
+
+def _how(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"code {code}"

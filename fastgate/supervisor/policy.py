@@ -26,172 +26,83 @@ deadline, the reload is aborted: the new workers that are not ready are killed a
 ones keep serving.
 
 In the first generation, a worker that exits with EXIT_BOOT_FAILED / EXIT_APP_LOAD_FAILED
-before any worker was ever READY stops the master with that code: no crash loop.
+before any worker was ever READY stops the master with that code: no crash loop. (With
+``--reload --preload`` the master waits for the next change instead, in the BROKEN phase.)
+
+Recycling is drain-first. A READY worker becomes *due* when it reports --limit-max-requests
+(``WorkerRecycle``), when a heartbeat shows its RSS above --limit-max-memory, or when it has
+served --limit-max-lifetime (plus jitter). One due worker at a time gets a replacement in
+its slot; only when the replacement is READY is the old worker sent SIGTERM, so the slot
+never stops accepting. One at a time bounds the extra memory to one worker (the moment a
+memory limit fires is the worst moment to double the fleet). A replacement that fails to
+boot is killed; the old worker keeps serving and is tried again after a backoff.
+
+Upgrading in place (SIGUSR2 always; SIGHUP and --reload when the app is preloaded): the
+policy asks for a pre-exec check (``CheckUpgrade``: a fresh interpreter imports the
+installed fastgate), then ``ReExec``. The master hands its state over across ``exec``
+(``snapshot``) and the new image rebuilds the policy with ``restore`` and feeds
+``Resumed``, which starts an ordinary readiness-gated reload with the adopted workers as
+the old generation, or keeps them serving if the new image could not load the app.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import random
 import signal
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastgate.errors import EXIT_APP_LOAD_FAILED, EXIT_BOOT_FAILED, EXIT_OK
+from fastgate.supervisor.events import (
+    Action,
+    CheckUpgrade,
+    ChildExited,
+    CloseListeners,
+    Event,
+    Exit,
+    Notify,
+    PolicySettings,
+    ReExec,
+    ReleaseSlot,
+    ReloadEnded,
+    ReloadRequested,
+    ReloadStarted,
+    Resumed,
+    SendSignal,
+    SignalReceived,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    StopUpgradeCheck,
+    Tick,
+    UpgradeChecked,
+    UpgradeFailed,
+    WorkerBeat,
+    WorkerDraining,
+    WorkerReady,
+    WorkerRecycle,
+)
+
+__all__ = [
+    "ABORT_GRACE", "KILL_MARGIN", "KILL_REPEAT", "Action", "CheckUpgrade", "ChildExited",
+    "CloseListeners", "Event", "Exit", "Notify", "Phase", "PolicySettings", "ReExec", "ReleaseSlot", "ReloadEnded",
+    "ReloadRequested", "ReloadStarted", "Resumed", "SendSignal", "SignalReceived", "Spawn", "SpawnFailed",
+    "Spawned", "Start", "StopUpgradeCheck", "Supervisor", "Tick", "UpgradeChecked", "UpgradeFailed",
+    "WorkerBeat", "WorkerDraining", "WorkerReady", "WorkerRecord", "WorkerRecycle", "WorkerState",
+]
 
 logger = logging.getLogger("fastgate.error")
 
 KILL_MARGIN = 1.0  # seconds past a worker's own drain deadline before SIGKILL (lifespan shutdown)
 KILL_REPEAT = 5.0  # a worker SIGKILLed but not reaped yet is SIGKILLed again this often
 ABORT_GRACE = 1.0  # seconds faulthandler gets to print after SIGABRT before SIGKILL
-
-
-# ----------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySettings:
-    """The numbers the policy needs, taken from ``Config.process``."""
-
-    workers: int = 1
-    graceful_timeout: float = 30.0
-    healthcheck_timeout: float = 30.0
-    boot_timeout: float = 60.0
-    shutdown_delay: float = 0.0
-    fast_timeout: float = 2.0
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
-    stable_after: float = 60.0
-    # --reload: boot one new worker first and the rest once it is READY, so broken code
-    # fails (and prints its error) once rather than once per worker.
-    reload_canary: bool = False
-
-
-# ----------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """The master has bound its sockets: spawn the first generation."""
-
-
-@dataclass(frozen=True, slots=True)
-class SignalReceived:
-    signum: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadRequested:
-    """SIGHUP or the dev-reload pipe; ``settings`` is the re-read config (None: unchanged)."""
-
-    settings: PolicySettings | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Spawned:
-    wid: int
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    wid: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChildExited:
-    """A worker was reaped. ``code`` is its exit code, or ``-signum`` if a signal killed it."""
-
-    wid: int
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerReady:
-    wid: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerBeat:
-    wid: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDraining:
-    wid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed; deadlines may have expired."""
-
-
-Event = (
-    Start | SignalReceived | ReloadRequested | Spawned | SpawnFailed | ChildExited | WorkerReady | WorkerBeat
-    | WorkerDraining | Tick
-)
-
-
-# ----------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    wid: int
-    slot: int
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendSignal:
-    """Signal a worker; ``group`` signals its whole process group (the app's children too)."""
-
-    pid: int
-    signum: int
-    group: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """A systemd ``sd_notify`` state line such as ``READY=1``."""
-
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseListeners:
-    """Shutdown began: the master drops its copies of the listening sockets."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseSlot:
-    """No worker uses this slot any more (SIGTTOU): its sockets may be closed."""
-
-    slot: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadStarted:
-    """A reload begins: workers of ``generation`` use the configuration the reload read."""
-
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadEnded:
-    """The reload of ``generation`` completed (``ok``) or was rolled back."""
-
-    generation: int
-    ok: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    code: int
-
-
-Action = Spawn | SendSignal | Notify | CloseListeners | ReleaseSlot | ReloadStarted | ReloadEnded | Exit
+MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------- state
@@ -201,6 +112,7 @@ class Phase(enum.Enum):
     STARTING = "starting"  # first generation booting; boot failures are fatal
     RUNNING = "running"
     RELOADING = "reloading"  # a new generation boots beside the old one
+    BROKEN = "broken"  # --reload --preload: the app never started; waiting for a change
     STOPPING = "stopping"  # workers drain (graceful) or die (fast); exit when none is left
     EXITED = "exited"
 
@@ -228,6 +140,12 @@ class WorkerRecord:
     state: WorkerState = WorkerState.SPAWNING
     ready_at: float | None = None
     kill_at: float | None = None  # SIGKILL the group at this time if still alive
+    recycle_at: float | None = None  # --limit-max-lifetime (+ jitter) expires
+    recycle_reason: str | None = None  # due for recycling: "max-requests", "memory" or "lifetime"
+    recycle_detail: str = ""  # what the log says about it
+    recycle_failures: int = 0  # replacements that failed to boot, for the retry backoff
+    recycle_retry_at: float | None = None  # next attempt after a failed replacement
+    replaces: int | None = None  # on a replacement: the wid of the worker it recycles
 
 
 @dataclass(slots=True)
@@ -247,10 +165,12 @@ class Supervisor:
 
     Args:
         settings: timeouts, worker count and backoff parameters.
+        rng: returns a float in [0, 1) for the lifetime jitter (tests pass a fixed one).
     """
 
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: PolicySettings, rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
+        self.rng = rng
         self.target = max(1, settings.workers)
         self.phase = Phase.STARTING
         self.generation = 1
@@ -261,6 +181,10 @@ class Supervisor:
         self.reload_queued: ReloadRequested | None = None
         self.pending: dict[int, float] = {}  # slot -> time its replacement may spawn
         self.backoff: dict[int, float] = {}  # slot -> last crash delay
+        self.recycled: Counter[str] = Counter()  # completed recycles by reason
+        self.upgrade: str | None = None  # an upgrade (re-exec) is being checked: its reason
+        self.upgrade_deadline: float | None = None
+        self.upgrade_queued: str | None = None
         self._next_wid = 1
         self._stop_started = False
 
@@ -276,6 +200,8 @@ class Supervisor:
         self._expire(now, out)
         if self.phase in (Phase.STARTING, Phase.RUNNING):
             self._fill_slots(now, out)
+        if self.phase is Phase.RUNNING:
+            self._run_recycles(now, out)
         if self.phase is Phase.STOPPING and not self.workers:
             self.phase = Phase.EXITED
             out.append(Exit(self.exit_code))
@@ -284,6 +210,8 @@ class Supervisor:
     def next_deadline(self) -> float | None:
         """The earliest time at which a ``Tick`` would change something, or None."""
         times: list[float] = list(self.pending.values())
+        if self.upgrade_deadline is not None:
+            times.append(self.upgrade_deadline)
         s = self.settings
         for w in self.workers.values():
             if w.kill_at is not None:
@@ -292,6 +220,10 @@ class Supervisor:
                 times.append(w.started_at + s.boot_timeout)
             elif w.state is WorkerState.READY:
                 times.append(w.last_seen + s.healthcheck_timeout)
+                if w.recycle_reason is None and w.recycle_at is not None:
+                    times.append(w.recycle_at)
+                elif w.recycle_reason is not None and w.recycle_retry_at is not None:
+                    times.append(w.recycle_retry_at)
         return min(times) if times else None
 
     def pids(self) -> list[int]:
@@ -300,6 +232,10 @@ class Supervisor:
     # ------------------------------------------------------------ events
 
     def _on_Start(self, event: Start, now: float, out: list[Action]) -> None:
+        if event.app_error is not None:
+            # The master printed the error already (--preload imports before forking).
+            self._first_generation_failed(now, out, EXIT_APP_LOAD_FAILED, "")
+            return
         logger.info("Starting %d worker(s)", self.target)
         # _fill_slots spawns them.
 
@@ -326,10 +262,15 @@ class Supervisor:
             return
         w.state = WorkerState.READY
         w.ready_at = w.last_seen = now
+        s = self.settings
+        if s.max_lifetime is not None:
+            w.recycle_at = now + s.max_lifetime + self.rng() * s.max_lifetime_jitter
         self.ever_ready = True
         logger.info("Worker %s (slot %d, generation %d) ready", w.pid, w.slot, w.generation)
         reload = self.reload
-        if reload is not None and w.wid in reload.new_wids:
+        if w.replaces is not None:
+            self._replacement_ready(w, now, out)
+        elif reload is not None and w.wid in reload.new_wids:
             for slot in reload.waiting_slots:
                 reload.new_wids.add(self._spawn(slot, reload.generation, now, out).wid)
             reload.waiting_slots = []
@@ -344,8 +285,17 @@ class Supervisor:
 
     def _on_WorkerBeat(self, event: WorkerBeat, now: float, out: list[Action]) -> None:
         w = self.workers.get(event.wid)
+        if w is None:
+            return
+        w.last_seen = now
+        limit = self.settings.max_memory
+        if limit is not None and event.rss is not None and event.rss > limit:
+            self._due(w, "memory", f"RSS {event.rss / MIB:.1f} MiB is above --limit-max-memory {limit / MIB:g} MiB")
+
+    def _on_WorkerRecycle(self, event: WorkerRecycle, now: float, out: list[Action]) -> None:
+        w = self.workers.get(event.wid)
         if w is not None:
-            w.last_seen = now
+            self._due(w, "max-requests", "it served --limit-max-requests requests")
 
     def _on_WorkerDraining(self, event: WorkerDraining, now: float, out: list[Action]) -> None:
         w = self.workers.get(event.wid)
@@ -380,8 +330,9 @@ class Supervisor:
             and event.code in (EXIT_BOOT_FAILED, EXIT_APP_LOAD_FAILED)
         ):
             what = "could not load the app" if event.code == EXIT_APP_LOAD_FAILED else "failed to boot"
-            logger.error("Worker %s %s (exit %d): stopping", w.pid, what, event.code)
-            self._stop(now, out, fast=True, code=event.code, kill=True)
+            self._first_generation_failed(now, out, event.code, f"Worker {w.pid} {what} (exit {event.code})")
+        elif w.replaces is not None:
+            self._recycle_failed(w, now, f"its replacement {w.pid} exited before it was ready ({how})")
         elif self.reload is not None and w.wid in self.reload.new_wids:
             self._abort_reload(now, out, f"a new worker exited before it was ready ({how})")
         else:
@@ -406,7 +357,12 @@ class Supervisor:
     def _on_ReloadRequested(self, event: ReloadRequested, now: float, out: list[Action]) -> None:
         if self.phase is Phase.STOPPING:
             return
-        if self.phase is not Phase.RUNNING:
+        if self.settings.preload or (event.settings is not None and event.settings.preload):
+            # The master holds the (old) app: forking would serve old code. Load the new
+            # code in a new image of the master instead (it reloads the config itself).
+            self._request_upgrade("reload with --preload", now, out)
+            return
+        if self.phase is not Phase.RUNNING or self.upgrade is not None:
             # One reload at a time; the last request wins and runs when this one ends.
             logger.info("Reload requested while %s: it will follow", self.phase.value)
             self.reload_queued = event
@@ -417,6 +373,8 @@ class Supervisor:
         sig = event.signum
         if sig == signal.SIGHUP:
             self._on_ReloadRequested(ReloadRequested(), now, out)
+        elif sig == signal.SIGUSR2:
+            self._request_upgrade("SIGUSR2", now, out)
         elif sig == signal.SIGTERM:
             self._stop(now, out, fast=False, reason="SIGTERM")
         elif sig == signal.SIGINT:
@@ -424,10 +382,10 @@ class Supervisor:
             self._stop(now, out, fast=self._stop_started, reason="SIGINT")
         elif sig == signal.SIGQUIT:
             self._stop(now, out, fast=True, reason="SIGQUIT")
-        elif sig == signal.SIGTTIN and self.phase is not Phase.STOPPING:
+        elif sig == signal.SIGTTIN and self.phase not in (Phase.STOPPING, Phase.BROKEN):
             self.target += 1
             logger.info("SIGTTIN: %d worker(s)", self.target)
-        elif sig == signal.SIGTTOU and self.phase is not Phase.STOPPING:
+        elif sig == signal.SIGTTOU and self.phase not in (Phase.STOPPING, Phase.BROKEN):
             if self.target <= 1:
                 logger.info("SIGTTOU ignored: at least one worker runs")
                 return
@@ -466,18 +424,23 @@ class Supervisor:
 
     def _retire(self, w: WorkerRecord, now: float, out: list[Action]) -> None:
         w.state = WorkerState.DRAINING
+        w.replaces = None  # a retired replacement replaces nobody
         w.kill_at = now + self.settings.graceful_timeout + KILL_MARGIN
         if w.pid is not None:
             out.append(SendSignal(w.pid, signal.SIGTERM, group=True))
 
     def _kill(self, w: WorkerRecord, now: float, out: list[Action]) -> None:
         w.state = WorkerState.DRAINING
+        w.replaces = None
         w.kill_at = now + KILL_REPEAT
         if w.pid is not None:
             out.append(SendSignal(w.pid, signal.SIGKILL, group=True))
 
     def _expire(self, now: float, out: list[Action]) -> None:
         s = self.settings
+        if self.upgrade_deadline is not None and now >= self.upgrade_deadline:
+            out.append(StopUpgradeCheck())
+            self._upgrade_failed(now, out, f"the check did not finish within --timeout-worker-boot {s.boot_timeout:g}s")
         for w in list(self.workers.values()):
             if w.kill_at is not None:
                 if now >= w.kill_at and w.pid is not None:
@@ -493,13 +456,20 @@ class Supervisor:
                 if self.reload is not None and w.wid in self.reload.new_wids:
                     self._abort_reload(now, out, msg)
                 elif self.phase is Phase.STARTING and not self.ever_ready:
-                    logger.error("%s: stopping", msg[0].upper() + msg[1:])
-                    self._stop(now, out, fast=True, code=EXIT_BOOT_FAILED, kill=True)
+                    self._first_generation_failed(now, out, EXIT_BOOT_FAILED, msg[0].upper() + msg[1:])
                     return
+                elif w.replaces is not None:
+                    self._recycle_failed(w, now, f"its replacement: {msg}")
+                    self._kill(w, now, out)
                 else:
                     logger.error("%s: killing it", msg[0].upper() + msg[1:])
                     self._kill(w, now, out)
-            elif w.state is WorkerState.READY and now - w.last_seen >= s.healthcheck_timeout:
+            elif w.state is WorkerState.READY and w.recycle_at is not None and now >= w.recycle_at:
+                w.recycle_at = None
+                assert w.ready_at is not None
+                self._due(w, "lifetime", f"it served {now - w.ready_at:.1f}s (--limit-max-lifetime "
+                                         f"{s.max_lifetime:g}s)")
+            if w.state is WorkerState.READY and now - w.last_seen >= s.healthcheck_timeout:
                 logger.error(
                     "Worker %s sent no heartbeat for %.1fs (--timeout-worker-healthcheck): SIGABRT",
                     w.pid, now - w.last_seen,
@@ -509,9 +479,62 @@ class Supervisor:
                 if w.pid is not None:
                     out.append(SendSignal(w.pid, signal.SIGABRT))
 
+    # ------------------------------------------------------------ recycling
+
+    def _due(self, w: WorkerRecord, reason: str, detail: str) -> None:
+        """Mark a serving worker for drain-first recycling (once)."""
+        if w.state is WorkerState.READY and w.recycle_reason is None:
+            w.recycle_reason, w.recycle_detail = reason, detail
+
+    def _run_recycles(self, now: float, out: list[Action]) -> None:
+        """Start the replacement of one due worker, unless a replacement is booting already."""
+        if any(w.replaces is not None and w.state.occupies_slot for w in self.workers.values()):
+            return
+        due = [
+            w for w in self.workers.values()
+            if w.state is WorkerState.READY and w.recycle_reason is not None and w.slot < self.target
+            and (w.recycle_retry_at is None or w.recycle_retry_at <= now)
+        ]
+        if not due:
+            return
+        old = min(due, key=lambda w: (w.recycle_retry_at or 0.0, w.started_at))
+        new = self._spawn(old.slot, self.generation, now, out)
+        new.replaces = old.wid
+        logger.info("Recycling worker %s (slot %d, %s): %s; its replacement starts first",
+                    old.pid, old.slot, old.recycle_reason, old.recycle_detail)
+
+    def _replacement_ready(self, new: WorkerRecord, now: float, out: list[Action]) -> None:
+        old = self.workers.get(new.replaces) if new.replaces is not None else None
+        new.replaces = None
+        if old is None or old.state is not WorkerState.READY or old.recycle_reason is None:
+            return  # it left on its own meanwhile: the replacement simply takes the slot
+        self.recycled[old.recycle_reason] += 1
+        logger.info("Worker %s replaces worker %s (recycled for %s; %d so far): it drains now",
+                    new.pid, old.pid, old.recycle_reason, self.recycled[old.recycle_reason])
+        self._retire(old, now, out)
+
+    def _recycle_failed(self, new: WorkerRecord, now: float, reason: str) -> None:
+        old = self.workers.get(new.replaces) if new.replaces is not None else None
+        new.replaces = None
+        if old is None:
+            return
+        old.recycle_failures += 1
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_initial * 2 ** old.recycle_failures)
+        old.recycle_retry_at = now + delay
+        logger.error("Recycling worker %s aborted: %s; it keeps serving (next attempt in %.1fs)",
+                     old.pid, reason, delay)
+
+    def _cancel_recycles(self, now: float, out: list[Action]) -> None:
+        for w in list(self.workers.values()):
+            if w.replaces is not None:
+                w.replaces = None
+                self._retire(w, now, out)
+
     # ------------------------------------------------------------ reload
 
     def _start_reload(self, settings: PolicySettings | None, now: float, out: list[Action]) -> None:
+        self._cancel_recycles(now, out)  # the reload replaces every worker anyway
         self.phase = Phase.RELOADING
         self.generation += 1
         reload = self.reload = ReloadState(self.generation, self.settings, self.target)
@@ -575,9 +598,132 @@ class Supervisor:
         self._maybe_run_queued_reload(now, out)
 
     def _maybe_run_queued_reload(self, now: float, out: list[Action]) -> None:
+        upgrade, self.upgrade_queued = self.upgrade_queued, None
+        if upgrade is not None:
+            # An upgrade reloads everything; a reload queued beside it runs only if it fails.
+            self._request_upgrade(upgrade, now, out)
+            return
         queued, self.reload_queued = self.reload_queued, None
         if queued is not None:
-            self._start_reload(queued.settings, now, out)
+            self._on_ReloadRequested(queued, now, out)
+
+    # ------------------------------------------------------------ first generation
+
+    def _first_generation_failed(self, now: float, out: list[Action], code: int, message: str) -> None:
+        """No worker ever started: stop with ``code``, or with --reload --preload wait for a fix."""
+        if self.settings.dev_reload and self.settings.preload:
+            if message:
+                logger.error("%s", message)
+            for w in self._live():
+                if w.state is not WorkerState.DRAINING:
+                    self._kill(w, now, out)
+            self.pending.clear()
+            self.phase = Phase.BROKEN
+            logger.error("The app could not start: fix it and save; waiting for a change (Ctrl-C to quit)")
+            return
+        if message:
+            logger.error("%s: stopping", message)
+        self._stop(now, out, fast=True, code=code, kill=True)
+
+    # ------------------------------------------------------------ upgrade (re-exec in place)
+
+    def _request_upgrade(self, reason: str, now: float, out: list[Action]) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        if self.upgrade is not None:
+            logger.info("%s: an upgrade is in progress already; it loads the code of the moment", reason)
+            return
+        if self.phase in (Phase.STARTING, Phase.RELOADING):
+            logger.info("%s while %s: re-executing the master will follow", reason, self.phase.value)
+            self.upgrade_queued = reason
+            return
+        self.upgrade = reason
+        self.upgrade_deadline = now + self.settings.boot_timeout
+        logger.info("%s: re-executing the master in place (pid kept); checking that the installed fastgate "
+                    "starts", reason)
+        out.append(Notify("RELOADING=1"))
+        out.append(CheckUpgrade())
+
+    def _on_UpgradeChecked(self, event: UpgradeChecked, now: float, out: list[Action]) -> None:
+        if self.upgrade is None:
+            return  # timed out or stopping meanwhile
+        if not event.ok:
+            self._upgrade_failed(now, out, f"the new code does not start: {event.detail}")
+            return
+        self.upgrade_deadline = None
+        out.append(ReExec(self.upgrade))
+
+    def _on_UpgradeFailed(self, event: UpgradeFailed, now: float, out: list[Action]) -> None:
+        if self.upgrade is not None:
+            self._upgrade_failed(now, out, f"exec failed: {event.reason}")
+
+    def _upgrade_failed(self, now: float, out: list[Action], reason: str) -> None:
+        logger.error("Upgrade aborted: %s; this master and its workers keep serving", reason)
+        self.upgrade = self.upgrade_deadline = None
+        out.append(Notify("READY=1"))
+        self._maybe_run_queued_reload(now, out)
+
+    def _on_Resumed(self, event: Resumed, now: float, out: list[Action]) -> None:
+        # The master was away while the new image started: whatever the workers wrote
+        # meanwhile waits in their pipes, so nobody counts as silent for that time.
+        for w in self.workers.values():
+            w.last_seen = max(w.last_seen, now)
+        self.upgrade = self.upgrade_deadline = None
+        if event.app_error is not None:
+            if self.phase is Phase.BROKEN:
+                self._first_generation_failed(now, out, EXIT_APP_LOAD_FAILED, "")
+                return
+            # As a reload whose new workers cannot import: whatever serves keeps serving,
+            # and a slot left empty is refilled (its worker imports the app itself).
+            logger.error("Reload aborted: the new code could not be loaded (%s); the previous workers keep serving",
+                         event.app_error)
+            out.append(Notify("READY=1"))
+            return
+        if self.phase is Phase.BROKEN:
+            if event.settings is not None:
+                self.settings = event.settings
+                self.target = max(1, event.settings.workers)
+            self.phase = Phase.STARTING
+            logger.info("Starting %d worker(s)", self.target)
+            return
+        self._start_reload(event.settings, now, out)
+
+    # ------------------------------------------------------------ handover across exec
+
+    def snapshot(self) -> dict[str, Any]:
+        """The policy's state as plain JSON values, for the master's next image (``restore``).
+
+        Its shape is part of the handover format: change it, bump ``handover.VERSION``.
+        """
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "phase": self.phase.value,
+            "target": self.target,
+            "generation": self.generation,
+            "ever_ready": self.ever_ready,
+            "next_wid": self._next_wid,
+            "pending": [[slot, due] for slot, due in self.pending.items()],
+            "backoff": [[slot, delay] for slot, delay in self.backoff.items()],
+            "recycled": dict(self.recycled),
+            "workers": [{**dataclasses.asdict(w), "state": w.state.value} for w in self.workers.values()],
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], rng: Callable[[], float] = random.random) -> Supervisor:
+        """Rebuild the policy from ``snapshot()`` output; feed ``Resumed`` next."""
+        sup = cls(PolicySettings(**data["settings"]), rng)
+        sup.phase = Phase(data["phase"])
+        sup.target = int(data["target"])
+        sup.generation = int(data["generation"])
+        sup.ever_ready = bool(data["ever_ready"])
+        sup._next_wid = int(data["next_wid"])
+        sup.pending = {int(slot): float(due) for slot, due in data["pending"]}
+        sup.backoff = {int(slot): float(delay) for slot, delay in data["backoff"]}
+        sup.recycled = Counter({str(k): int(v) for k, v in data["recycled"].items()})
+        for raw in data["workers"]:
+            w = WorkerRecord(**{**raw, "state": WorkerState(raw["state"])})
+            sup.workers[w.wid] = w
+        return sup
 
     # ------------------------------------------------------------ stop
 
@@ -596,6 +742,10 @@ class Supervisor:
         self.phase = Phase.STOPPING
         self.reload = None
         self.reload_queued = None
+        self.upgrade_queued = None
+        if self.upgrade is not None:
+            out.append(StopUpgradeCheck())
+            self.upgrade = self.upgrade_deadline = None
         self.pending.clear()
         s = self.settings
         if reason:

@@ -120,6 +120,7 @@ class Reloader:
         self.options = options
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
+        self._adopted_pid: int | None = None  # a watcher started by the previous master image
         self._fd = -1
         self._buf = b""
         self.closed = True
@@ -128,10 +129,16 @@ class Reloader:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self.proc.pid if self.proc is not None else self._adopted_pid
 
     def owns(self, pid: int) -> bool:
-        return self.proc is not None and self.proc.pid == pid
+        return self.pid == pid
+
+    def adopt(self, pid: int | None, fd: int) -> None:
+        """Take over the watcher a previous image of this master started (re-exec in place)."""
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self._adopted_pid, self._fd, self._buf, self.closed = pid, fd, b"", False
 
     def fileno(self) -> int:
         return self._fd
@@ -243,6 +250,9 @@ class Reloader:
         nothing that needs cleaning up.
         """
         self._close_fd()
+        if self._adopted_pid is not None:
+            _kill_and_reap(self._adopted_pid, wait)
+            self._adopted_pid = None
         if self.proc is not None and self.proc.returncode is None:
             try:
                 os.kill(self.proc.pid, signal.SIGKILL)
@@ -257,3 +267,22 @@ class Reloader:
         """Record that the master reaped the watcher (so Popen won't wait for it again)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _kill_and_reap(pid: int, wait: float) -> None:
+    """SIGKILL an adopted watcher and reap it (up to ``wait`` seconds; ECHILD: reaped already)."""
+    import time
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)

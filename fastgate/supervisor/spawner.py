@@ -10,14 +10,27 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 if TYPE_CHECKING:
     import socket
 
     from fastgate.config import Config
+    from fastgate.errors import AppLoadError
+
+from fastgate import handover
+
+# The pre-exec check: what a new master image must import before it can adopt anything,
+# and the handover format it must read. If the installed fastgate is broken (a half-done
+# upgrade, a syntax error) or speaks another format, this fails in a throwaway process
+# instead of in the master, which would then be gone for good.
+UPGRADE_CHECK_CODE = (
+    "import sys, fastgate.cli, fastgate.runner, fastgate.supervisor.master, fastgate.handover as h; "
+    f"sys.exit(0 if h.VERSION == {handover.VERSION} else 'fastgate: error: the installed fastgate cannot adopt "
+    f"this master (handover format ' + str(h.VERSION) + ', not {handover.VERSION})')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +47,14 @@ class Spawner(Protocol):
     def send_signal(self, pid: int, sig: int, group: bool = False) -> None: ...
 
     def reap(self) -> list[tuple[int, int]]: ...
+
+
+class Executor(Protocol):
+    """The master's own process operations for re-executing in place (tests use a fake)."""
+
+    def start_check(self, close_fds: Iterable[int]) -> int: ...
+
+    def exec(self, env: Mapping[str, str]) -> NoReturn: ...
 
 
 def exit_code(status: int) -> int:
@@ -128,14 +149,65 @@ class ForkSpawner:
         return out
 
 
+class ProcessExecutor:
+    """``Executor`` with ``posix_spawn`` and ``execve``.
+
+    Args:
+        python: the interpreter to run (the running one).
+        argv: the command line the master image was started with (``sys.orig_argv``: the
+            same script, ``-m fastgate`` or console script, with the interpreter's options).
+    """
+
+    def __init__(self, python: str = sys.executable, argv: Sequence[str] | None = None) -> None:
+        self.python = python
+        self.argv = list(sys.orig_argv if argv is None else argv)
+
+    def start_check(self, close_fds: Iterable[int]) -> int:
+        """Start the pre-exec check in a fresh interpreter; its pid (exit 0: fastgate imports).
+
+        It inherits stdout/stderr (its traceback is the operator's explanation), not the
+        listening sockets, and starts with no signal blocked.
+        """
+        actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in close_fds]
+        return os.posix_spawn(self.python, [self.python, "-c", UPGRADE_CHECK_CODE], os.environ,
+                              file_actions=actions, setsigmask=())
+
+    def exec(self, env: Mapping[str, str]) -> NoReturn:
+        """Replace this process's image with the same command (same pid); returns only by
+        raising ``OSError``."""
+        os.execve(self.python, self.argv, dict(env))
+
+
+def preload_app(config: Config) -> Any:
+    """``--preload``: import the app in the master, as a worker would (``AppLoadError`` if not).
+
+    ``fastgate.worker.server`` comes along (uvloop, httptools, the protocol code): imported
+    before the fork, it is shared copy-on-write too. No loop or thread is created.
+    """
+    import fastgate.worker.server  # noqa: F401 - shared with the workers, and checked here
+    from fastgate.asgi.loader import load_app
+
+    a = config.app
+    return load_app(a.app, factory=a.factory, app_dir=a.app_dir, interface=a.interface)
+
+
+def report_app_load_error(exc: AppLoadError) -> None:
+    """Print a preload failure exactly as a worker prints an app load failure."""
+    from fastgate.worker.server import report_app_load_error as report
+
+    report(exc)
+
+
 def become_worker(
-    config: Config, sockets: Sequence[socket.socket], *, report_fd: int, parent_fd: int, master_pid: int
+    config: Config, sockets: Sequence[socket.socket], *, report_fd: int, parent_fd: int, master_pid: int,
+    app: Any = None,
 ) -> int:  # pragma: no cover - runs in the child
     """The child's entry into the worker code, imported only after fork.
 
-    The master never imports ``fastgate.worker`` (nor uvloop, nor the app), so each
-    worker starts from fresh imports and the master stays small and loop-free.
+    Without ``--preload`` the master never imports ``fastgate.worker`` (nor uvloop, nor the
+    app), so each worker starts from fresh imports and the master stays small and loop-free.
+    With it, ``app`` is the master's preloaded app and the worker uses it as it is.
     """
     from fastgate.worker.server import run_worker
 
-    return run_worker(config, sockets, report_fd=report_fd, parent_fd=parent_fd, master_pid=master_pid)
+    return run_worker(config, sockets, report_fd=report_fd, parent_fd=parent_fd, master_pid=master_pid, app=app)

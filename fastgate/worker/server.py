@@ -48,6 +48,8 @@ class WorkerHooks(Protocol):
 
     def draining(self) -> None: ...
 
+    def recycle(self) -> None: ...
+
 
 class Worker:
     """Serve ``sockets`` with ``app`` until told to stop.
@@ -136,8 +138,14 @@ class Worker:
             self._stop.set()
 
     def _on_max_requests(self) -> None:
-        error_logger.info("Served %d requests (--limit-max-requests): recycling this worker", self.ctx.requests_served
-                          if self.ctx else 0)
+        served = self.ctx.requests_served if self.ctx else 0
+        if self.hooks is not None:
+            # Drain-first: serve on until the master has a ready replacement and sends SIGTERM.
+            error_logger.info("Served %d requests (--limit-max-requests): asking the master for a replacement",
+                              served)
+            self.hooks.recycle()
+            return
+        error_logger.info("Served %d requests (--limit-max-requests): recycling this worker", served)
         self.stop()
 
     async def _drain(self) -> None:
@@ -236,7 +244,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 # Signals the master handles; a fresh worker starts with the default action for each.
 _MASTER_SIGNALS = (
     signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
 )
 
 
@@ -247,6 +255,7 @@ def run_worker(
     report_fd: int,
     parent_fd: int,
     master_pid: int,
+    app: ASGIApp | None = None,
 ) -> int:
     """A forked worker's life, after the master closed its own fds in the child.
 
@@ -262,6 +271,7 @@ def run_worker(
         report_fd: write end of the pipe to the master (READY / BEAT / DRAINING).
         parent_fd: read end of the master's life pipe: EOF means the master is gone.
         master_pid: the master's pid, compared with ``getppid()`` on each beat.
+        app: the app the master preloaded (``--preload``); None imports it here.
 
     Returns:
         the exit code: 0, EXIT_BOOT_FAILED (lifespan startup failed) or EXIT_APP_LOAD_FAILED.
@@ -283,12 +293,13 @@ def run_worker(
     except OSError:
         pass
     keep_heap()
-    try:
-        app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
-                       interface=config.app.interface)
-    except AppLoadError as exc:
-        report_app_load_error(exc)
-        return EXIT_APP_LOAD_FAILED
+    if app is None:
+        try:
+            app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
+                           interface=config.app.interface)
+        except AppLoadError as exc:
+            report_app_load_error(exc)
+            return EXIT_APP_LOAD_FAILED
 
     worker: Worker | None = None
 
