@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
+from tests.apps import _query
 from tests.apps import app as base_app
+
+# /grow keeps what it allocates, so the worker's RSS stays up (--limit-max-memory tests).
+_HELD: list[bytes] = []
+
+
+async def _answer(send: Any, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """``tests.apps:app`` plus endpoints that start processes."""
+    """``tests.apps:app`` plus endpoints that start processes, hold memory or show the environment."""
+    if scope["type"] == "http" and scope["path"] == "/grow":
+        # Written, not merely allocated: untouched pages would not count in the RSS.
+        _HELD.append(b"x" * (int(_query(scope).get("mb", "1")) * 1024 * 1024))
+        await _answer(send, str(os.getpid()).encode())
+        return
+    if scope["type"] == "http" and scope["path"] == "/env":
+        await _answer(send, os.environ.get(_query(scope)["name"], "-").encode())
+        return
     if scope["type"] == "http" and scope["path"] in ("/orphan", "/child"):
         if scope["path"] == "/orphan":
             # sh exits at once; its background sleep is re-parented to PID 1 (the master
