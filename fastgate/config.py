@@ -143,7 +143,8 @@ class HttpSettings:
         None, "Most concurrent connections per worker before answering 503.", kind=INT, optional=True
     )
     limit_max_requests: int | None = option(
-        None, "Recycle a worker after this many requests.", kind=INT, optional=True
+        None, "Recycle a worker after this many requests (its replacement is ready first).", kind=INT,
+        optional=True
     )
     limit_max_requests_jitter: int = option(
         0, "Random 0..J added to --limit-max-requests so workers don't recycle together.", kind=INT

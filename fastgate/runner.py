@@ -60,14 +60,15 @@ def _run_reload(config: Config, reread: Callable[[], Config] | None) -> int:
     except ConfigError as exc:
         print(f"fastgate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    # Between two masters (waiting for a fix) SIGTERM stops like Ctrl-C and SIGHUP must
-    # not kill the process. Each Master restores these handlers when it returns, so there
+    # Between two masters (waiting for a fix) SIGTERM stops like Ctrl-C and SIGHUP / SIGUSR2
+    # must not kill the process. Each Master restores these handlers when it returns, so there
     # is no window with the default actions.
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)  # an upgrade needs a running master
     warm_worker_imports()
     reloader = Reloader(options)
     state = handover.peek()

@@ -129,6 +129,12 @@ def test_env_values_and_web_concurrency() -> None:
         ({"FASTGATE_BIND": "host:99999"}, "--bind: port must be between"),
         ({"FASTGATE_WORKERS": "-1"}, "--workers: must be >= 0"),
         ({"FASTGATE_PORT": "true"}, "--port: expected an integer"),
+        ({"FASTGATE_LIMIT_MAX_MEMORY": "0"}, "--limit-max-memory: must be > 0 (got 0)"),
+        ({"FASTGATE_LIMIT_MAX_MEMORY": "1.5"}, "--limit-max-memory: expected an integer"),
+        ({"FASTGATE_LIMIT_MAX_LIFETIME": "-5"}, "--limit-max-lifetime: must be > 0"),
+        ({"FASTGATE_LIMIT_MAX_LIFETIME_JITTER": "-1"}, "--limit-max-lifetime-jitter: must be >= 0"),
+        ({"FASTGATE_PRELOAD": "1", "FASTGATE_WORKERS": "0"}, "--preload: imports the app in the master before it "
+                                                              "forks workers; --workers 0 runs no master"),
     ],
 )
 def test_invalid_values_name_the_flag(env: dict[str, str], message: str) -> None:
@@ -187,3 +193,14 @@ def test_cgroup_quota(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")
     assert cfg._cgroup_cpu_quota(str(v1)) is None
     assert cfg._cgroup_cpu_quota(str(tmp_path / "none")) is None
+
+
+def test_recycling_and_preload_options() -> None:
+    c = load({}, environ={"FASTGATE_PRELOAD": "yes", "FASTGATE_LIMIT_MAX_MEMORY": "512",
+                          "FASTGATE_LIMIT_MAX_LIFETIME": "3600", "FASTGATE_LIMIT_MAX_LIFETIME_JITTER": "600"})
+    assert c.app.preload is True
+    assert (c.process.limit_max_memory, c.process.limit_max_lifetime, c.process.limit_max_lifetime_jitter) == (
+        512, 3600.0, 600.0)
+    assert load({}, environ={}).process.limit_max_memory is None
+    # The handover variable of a master re-executing itself is not mistaken for a mistyped option.
+    assert load({}, environ={"FASTGATE_HANDOVER": "{}"}) == Config()

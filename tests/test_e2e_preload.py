@@ -259,7 +259,10 @@ def test_a_config_made_invalid_meanwhile_keeps_the_running_one_across_exec(serve
     generation_ready(server, 1, 2)
     conf.write_text("workers = 'many'\n")
     server.signal(signal.SIGHUP)
-    server.wait_line("invalid configuration ignored, keeping the current one", 30)
+    server.wait_line("invalid configuration ignored, keeping the current one", 30)  # the old image's re-read
+    # ... and the new image's own parse, which falls back to the configuration handed over.
+    server.wait_line("^fastgate: error: Reload: invalid configuration ignored, keeping the current one: "
+                     "--workers: expected an integer", 30)
     server.wait_line("Reload complete: generation 2 serving", 30)
     assert len(generation_ready(server, 2, 2)) == 2
     conf.write_text("workers = 3\n")

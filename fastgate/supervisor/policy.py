@@ -331,7 +331,7 @@ class Supervisor:
         ):
             what = "could not load the app" if event.code == EXIT_APP_LOAD_FAILED else "failed to boot"
             self._first_generation_failed(now, out, event.code, f"Worker {w.pid} {what} (exit {event.code})")
-        elif w.replaces is not None:
+        elif w.replaces is not None and w.replaces in self.workers:
             self._recycle_failed(w, now, f"its replacement {w.pid} exited before it was ready ({how})")
         elif self.reload is not None and w.wid in self.reload.new_wids:
             self._abort_reload(now, out, f"a new worker exited before it was ready ({how})")

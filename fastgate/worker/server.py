@@ -262,8 +262,9 @@ def run_worker(
     Post-fork setup: stop writing signals to the master's wakeup socket, restore default
     signal actions, enable ``faulthandler`` (SIGABRT from the master prints where the loop
     is stuck), become a process-group leader (so the master can stop the app's own children
-    with the worker), import the app (fresh: the master never imports it), create a new
-    uvloop loop, serve, report READY after lifespan startup, beat from a loop timer.
+    with the worker), import the app (fresh: the master never imports it, unless
+    ``--preload``), create a new uvloop loop, serve, report READY after lifespan startup,
+    beat from a loop timer.
 
     Args:
         config: the configuration.

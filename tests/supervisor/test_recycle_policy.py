@@ -99,6 +99,7 @@ def test_one_recycle_at_a_time_then_the_next_due_worker():
         f.feed(WorkerRecycle(f.wid[pid]))
     first = [p for p in f.live_pids() if p not in (a, b, c)]
     assert len(first) == 1  # b's replacement only: a and c wait
+    assert f.sup.next_deadline() == 30.0  # waiting their turn adds no deadline
     assert f.sup.workers[f.wid[first[0]]].slot == 1
     acts = f.ready(first[0])
     assert signals(acts) == [(b, SIGTERM, True)]
@@ -189,3 +190,38 @@ def test_stop_while_a_replacement_boots_drains_everything():
     assert sorted(p for p, _, _ in signals(acts)) == sorted([a, r])
     f.exited(a, 0)
     assert f.exited(r, -15)[-1] == Exit(0)
+
+
+def test_a_replacement_that_crashes_after_the_old_worker_left_is_an_ordinary_crash():
+    f = FakeSpawner(workers=1, backoff_initial=0.5)
+    (a,) = f.boot(1)
+    (spawn,) = spawns(f.feed(WorkerRecycle(f.wid[a])))
+    r = f.pid[spawn.wid]
+    f.feed(WorkerDraining(f.wid[a]))
+    f.exited(a, 0)
+    assert spawns(f.exited(r, 1)) == []  # the slot restarts after the crash backoff
+    assert f.sup.next_deadline() == pytest.approx(0.5)
+    assert len(spawns(f.advance(0.5))) == 1
+
+
+def test_a_replacement_that_times_out_after_the_old_worker_left_is_killed():
+    f = FakeSpawner(workers=1, boot_timeout=10.0, healthcheck_timeout=100.0)
+    (a,) = f.boot(1)
+    (spawn,) = spawns(f.feed(WorkerRecycle(f.wid[a])))
+    r = f.pid[spawn.wid]
+    f.feed(WorkerDraining(f.wid[a]))
+    f.exited(a, 0)
+    assert signals(f.advance(10.0)) == [(r, SIGKILL, True)]
+    assert f.sup.workers[f.wid[r]].state is WorkerState.DRAINING
+
+
+def test_recycle_reports_of_unknown_or_draining_workers_are_ignored():
+    f = FakeSpawner(workers=1, max_memory=MIB)
+    (a,) = f.boot(1)
+    assert f.feed(WorkerRecycle(999)) == []
+    f.feed(WorkerDraining(f.wid[a]))
+    (successor,) = [p for p in f.live_pids() if p != a]
+    assert f.feed(WorkerRecycle(f.wid[a])) == []
+    assert f.feed(WorkerBeat(f.wid[a], rss=2 * MIB)) == []
+    assert f.sup.workers[f.wid[a]].recycle_reason is None
+    assert successor

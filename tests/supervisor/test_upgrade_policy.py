@@ -26,6 +26,7 @@ from fastgate.supervisor.policy import (
     UpgradeChecked,
     UpgradeFailed,
     WorkerBeat,
+    WorkerDraining,
     WorkerRecycle,
     WorkerState,
 )
@@ -262,3 +263,17 @@ def test_beats_and_memory_still_apply_to_adopted_workers():
     g = roundtrip(f)
     g.feed(Resumed(app_error="keep the old ones"))
     assert len(spawns(g.feed(WorkerBeat(g.wid[a], rss=2 << 20)))) == 1
+
+
+def test_waiting_for_a_fix_leaves_a_worker_already_draining_to_its_deadline():
+    f = FakeSpawner(workers=2, preload=True, dev_reload=True, graceful_timeout=5.0)
+    f.feed(Start())
+    a, b = f.live_pids()
+    f.feed(WorkerDraining(f.wid[a]))  # its master seemed gone, say: it drains by itself
+    acts = f.exited(b, 3)
+    assert (a, SIGKILL, True) not in signals(acts)  # not killed: it keeps its drain deadline
+    assert f.sup.phase is Phase.BROKEN
+    upgrade(f, SIGHUP)
+    g = roundtrip(f)
+    g.feed(Resumed())  # no new settings: the same two workers
+    assert g.sup.phase is Phase.STARTING and g.sup.target == 2
