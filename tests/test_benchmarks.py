@@ -151,3 +151,18 @@ def test_resources_benchmark_runs_small(capsys) -> None:  # type: ignore[no-unty
     assert "| fastgate | on | 10 |" in out and "| fastgate | off | 10 |" in out
     if "slowloris" in parts:
         assert "408: " in out and "### Soak" in out
+
+
+@pytest.mark.e2e
+def test_preload_benchmark_measures_a_preloaded_server(serve):
+    from benchmarks import preload_memory
+
+    server = serve(preload_memory.APP, "--workers", str(preload_memory.WORKERS), "--preload",
+                   env={"PRELOAD_RECORDS": "2000"})
+    server.wait_line(r"All 4 worker\(s\) ready", 30)
+    idle = preload_memory.measure(server.pid)
+    assert 0 < idle.worker_uss < idle.worker_rss and idle.total_pss > idle.master_rss / 2
+    preload_memory.load(server.port, 400, connections=4)
+    assert int(preload_memory.get(server.port, "/gc").split()[1]) in preload_memory.children(server.pid)
+    rollup = preload_memory.smaps_rollup(server.pid)
+    assert {"Rss", "Pss", "Private_Clean", "Private_Dirty"} <= set(rollup)
