@@ -134,20 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, ns = parse_args(argv)
     except (ConfigError, SystemExit) as exc:
-        state = handover.peek()
-        if state is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
-            if isinstance(exc, SystemExit):
-                raise
-            print(f"fastgate: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        # A master re-executing itself in place must not die of a config file edited in
-        # the meantime: as at any reload, the running configuration stays.
-        detail = f": {exc}" if isinstance(exc, ConfigError) else ""
-        print(f"fastgate: error: Reload: invalid configuration ignored, keeping the current one{detail}",
-              file=sys.stderr)
-        from fastgate.runner import run
-
-        return run(handover.config_from(state), reread=lambda: parse_args(argv)[0])
+        return _invalid_config(exc, argv)
     if getattr(ns, "print_config", False):
         print(json.dumps(config.flat(), indent=2, default=list))
         return EXIT_OK
@@ -159,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         logs.configure(config.log)  # a broken --log-config is a config error like any other
     except ConfigError as exc:
-        print(f"fastgate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _invalid_config(exc, argv)
     if getattr(ns, "check_config", False):
         print("fastgate: configuration OK")
         return EXIT_OK
@@ -168,6 +154,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGHUP re-reads the same command line with the environment and config file of the moment.
     return run(config, reread=lambda: parse_args(argv)[0])
+
+
+def _invalid_config(exc: ConfigError | SystemExit, argv: Sequence[str] | None) -> int:
+    """A configuration error: exit 2, unless this process is a master re-executing itself in
+    place (``handover``). That one must not die of a config file edited in the meantime: as
+    at any reload, it keeps the configuration it was running."""
+    state = handover.peek()
+    if state is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        if isinstance(exc, SystemExit):
+            raise exc
+        print(f"fastgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    detail = f": {exc}" if isinstance(exc, ConfigError) else ""
+    print(f"fastgate: error: Reload: invalid configuration ignored, keeping the current one{detail}", file=sys.stderr)
+    from fastgate.runner import run
+
+    return run(handover.config_from(state), reread=lambda: parse_args(argv)[0])
 
 
 def entry_point() -> None:

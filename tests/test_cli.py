@@ -177,3 +177,33 @@ def test_the_full_flag_still_works() -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["timeout_request_header"] == 3.0 and out["workers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "detail"),
+    [
+        (["tests.apps:app", "--workers", "many"], ": --workers: expected an integer"),
+        (["tests.apps:app", "--no-such-flag"], ""),  # argparse's own exit
+        (["tests.apps:app", "--log-config", "/nonexistent/logging.json"], ": --log-config"),
+    ],
+)
+def test_a_master_re_executed_in_place_keeps_its_running_config_when_the_new_one_is_invalid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], detail: str
+) -> None:
+    from fastgate import config, handover, runner
+
+    running = config.build({"app": "tests.apps:app", "workers": 3})
+    monkeypatch.setenv(handover.ENV, handover.encode({"config": running.flat()}))
+    ran: list[config.Config] = []
+    monkeypatch.setattr(runner, "run", lambda c, reread=None: ran.append(c) or 0)
+    assert cli.main(argv) == 0
+    assert ran == [running]
+    assert f"fastgate: error: Reload: invalid configuration ignored, keeping the current one{detail}" in (
+        capsys.readouterr().err)
+
+
+def test_without_a_handover_an_invalid_config_still_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tests.apps:app", "--workers", "many"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tests.apps:app", "--no-such-flag"])
+    assert info.value.code == 2
