@@ -47,18 +47,22 @@ class PipeReporter:
         self.beat_interval: float | None = beat_interval
         self.on_master_gone = on_master_gone
         self._gone = False
+        self._recycling = False
         os.set_blocking(fd, False)
 
     def ready(self) -> None:
         self._send(READY)
 
     def beat(self) -> None:
-        self._send(BEAT)
+        # Once recycling was asked for, every beat repeats it: a RECYCLE lost to a full pipe
+        # would otherwise leave the worker serving past its limit for good.
+        self._send(BEAT + RECYCLE if self._recycling else BEAT)
 
     def draining(self) -> None:
         self._send(DRAINING)
 
     def recycle(self) -> None:
+        self._recycling = True
         self._send(RECYCLE)
 
     def _send(self, message: bytes) -> None:

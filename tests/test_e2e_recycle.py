@@ -89,4 +89,4 @@ def test_lifetime_recycles_every_worker_in_turn_with_jitter(serve):
     details = [m.group(3) for line in server.lines if (m := RECYCLING.search(line))]
     assert all(re.fullmatch(r"it served \d+\.\ds \(--limit-max-lifetime 2s\)", d) for d in details), details
     served = [float(d.split()[2][:-1]) for d in details]
-    assert all(2.0 <= s <= 3.0 + 1.0 for s in served), served  # lifetime + jitter, plus a tick
+    assert all(2.0 <= s <= 3.0 + 2.0 for s in served), served  # lifetime + jitter, plus a late tick

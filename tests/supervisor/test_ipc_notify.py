@@ -9,7 +9,7 @@ from fastgate import ipc, notify
 
 
 def test_decode_splits_bytes_into_messages_and_drops_noise():
-    assert ipc.decode(b"RBBxD") == [ipc.READY, ipc.BEAT, ipc.BEAT, ipc.DRAINING]
+    assert ipc.decode(b"RBBxDL") == [ipc.READY, ipc.BEAT, ipc.BEAT, ipc.DRAINING, ipc.RECYCLE]
     assert ipc.decode(b"") == []
 
 
@@ -31,6 +31,18 @@ def test_pipe_reporter_writes_messages_and_notices_the_master_is_gone():
     reporter.beat()
     reporter.beat()
     assert gone == [True]  # reported once
+    os.close(w)
+
+
+def test_recycle_is_repeated_with_every_beat_until_the_worker_exits():
+    r, w = os.pipe()
+    reporter = ipc.PipeReporter(w, 1.0)
+    reporter.beat()
+    reporter.recycle()
+    reporter.beat()
+    reporter.beat()
+    assert ipc.decode(os.read(r, 10)) == [ipc.BEAT, ipc.RECYCLE, ipc.BEAT, ipc.RECYCLE, ipc.BEAT, ipc.RECYCLE]
+    os.close(r)
     os.close(w)
 
 
