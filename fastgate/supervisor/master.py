@@ -321,8 +321,6 @@ class Master:
             return
         if sig == signal.SIGUSR1:
             logs.reopen_files()
-        if sig == signal.SIGUSR2 and self.policy.phase in (Phase.STOPPING, Phase.EXITED):
-            return
         self._feed(SignalReceived(sig))
 
     def _reload_config(self) -> PolicySettings | None:
