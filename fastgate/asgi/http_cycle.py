@@ -325,5 +325,5 @@ class RequestCycle:
         # The head (and maybe part of the body) is out: the only honest signal left is to
         # close, so the client sees a truncated response rather than a corrupted one.
         self.state = ASGIHTTPState.DONE
-        self.conn.keep_alive = False
+        self.conn.disable_keep_alive()
         self.channel.close()

@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from fastgate.config import Network
 from fastgate.http.events import RequestHead
-from fastgate.http.h1 import PROXY_HEADERS
+from fastgate.http.h1_receive import PROXY_HEADERS
 
 Address = tuple[str, int]
 

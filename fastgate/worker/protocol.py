@@ -211,14 +211,14 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline_idle = False
         ctx = self.ctx
         if ctx.draining:
-            self.conn.keep_alive = False
+            self.conn.disable_keep_alive()
         raw_path = head.raw_path
         if raw_path == ctx.health_path or raw_path == ctx.ready_path:
             self._answer_probe(head)
             return
         if ctx.limit_concurrency is not None and len(ctx.connections) > ctx.limit_concurrency:
             # Shed the connection, at once (no linger: it would hold the slot longer).
-            self.conn.keep_alive = False
+            self.conn.disable_keep_alive()
             self._send_simple(503, b"Service Unavailable\n")
             self.transport.close()
             return
@@ -384,7 +384,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._closed:
             return
         if ctx.draining:
-            self.conn.keep_alive = False
+            self.conn.disable_keep_alive()
         if not self.conn.start_next_request():
             self._flush()
             if self.conn.request_state is RequestState.DONE:
@@ -455,7 +455,7 @@ class HttpProtocol(asyncio.Protocol):
         just-accepted connection gets its first request answered. The drain deadline
         (``--timeout-graceful-shutdown``) bounds all of it.
         """
-        self.conn.keep_alive = False
+        self.conn.disable_keep_alive()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""

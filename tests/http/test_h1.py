@@ -36,6 +36,7 @@ from fastgate.http.h1 import (
     RequestState,
     ResponseState,
 )
+from fastgate.http.h1_receive import RequestReader
 
 CORPUS = Path(__file__).parent / "requests"
 
@@ -534,10 +535,10 @@ def test_event_reprs_and_equality() -> None:
 
 
 def test_a_bug_in_a_callback_becomes_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: H1Connection, url: bytes) -> None:
+    def broken(self: RequestReader, url: bytes) -> None:
         raise ValueError("bug")
 
-    monkeypatch.setattr(H1Connection, "on_url", broken)
+    monkeypatch.setattr(RequestReader, "on_url", broken)
     conn = H1Connection()
     conn.receive_data(GET)
     event = conn.next_event()

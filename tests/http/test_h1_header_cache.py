@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastgate.errors import LocalProtocolError
-from fastgate.http import h1
+from fastgate.http import h1_send
 from fastgate.http.h1 import DefaultHeaders, H1Connection
 
 
@@ -18,35 +18,35 @@ def _response(headers, body=b"hi"):
 
 
 def test_cached_lines_serialise_like_fresh_ones():
-    h1._HEADER_LINES.clear()
+    h1_send._HEADER_LINES.clear()
     headers = [(b"Content-Type", b"text/plain"), (b"x-a", b"1")]
     first = _response(headers)
-    assert (b"Content-Type", b"text/plain") in h1._HEADER_LINES
+    assert (b"Content-Type", b"text/plain") in h1_send._HEADER_LINES
     assert _response(headers) == first
     assert _response([[b"Content-Type", b"text/plain"], [b"x-a", b"1"]]) == first  # lists: not hashable
 
 
 def test_framing_server_and_date_headers_are_never_cached():
-    h1._HEADER_LINES.clear()
+    h1_send._HEADER_LINES.clear()
     out = _response([(b"server", b"mine"), (b"date", b"x"), (b"content-length", b"2"), (b"connection", b"close")])
-    assert not h1._HEADER_LINES
+    assert not h1_send._HEADER_LINES
     assert out.count(b"server:") == 1 and b"server: mine\r\n" in out
     assert b"connection: close\r\n" in out
 
 
 def test_invalid_headers_are_still_rejected_and_not_cached():
-    h1._HEADER_LINES.clear()
+    h1_send._HEADER_LINES.clear()
     _response([(b"x-ok", b"1")])
     with pytest.raises(LocalProtocolError):
         _response([(b"x-ok", b"1"), (b"x-bad", b"a\r\nb")])
     with pytest.raises(LocalProtocolError):
         _response([(b"bad name", b"1")])
-    assert set(h1._HEADER_LINES) == {(b"x-ok", b"1")}
+    assert set(h1_send._HEADER_LINES) == {(b"x-ok", b"1")}
 
 
 def test_cache_is_bounded(monkeypatch):
-    h1._HEADER_LINES.clear()
-    monkeypatch.setattr(h1, "_HEADER_CACHE_SIZE", 3)
+    h1_send._HEADER_LINES.clear()
+    monkeypatch.setattr(h1_send, "_HEADER_CACHE_SIZE", 3)
     for i in range(10):
         assert b"x-n: %d\r\n" % i in _response([(b"x-n", b"%d" % i)])
-    assert len(h1._HEADER_LINES) == 3
+    assert len(h1_send._HEADER_LINES) == 3
