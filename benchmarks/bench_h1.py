@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastgate.asgi.http_cycle import RequestCycle  # noqa: E402
-from fastgate.asgi.scope import ProxyTrust, build_http_scope  # noqa: E402
+from fastgate.asgi.scope import ConnectionInfo, build_scope  # noqa: E402
 from fastgate.config import Config, replace  # noqa: E402
 from fastgate.http.events import END_OF_REQUEST, RequestHead  # noqa: E402
 from fastgate.http.h1 import DefaultHeaders, H1Connection  # noqa: E402
@@ -103,24 +103,21 @@ class FakeChannel:
     def is_closing(self) -> bool:
         return False
 
-    def response_complete(self) -> None:
+    def state_changed(self) -> None:
         self.conn.start_next_request()
 
 
 def bench_cycle(n: int, request: bytes) -> float:
     conn = H1Connection(defaults=_defaults())
     channel = FakeChannel(conn)
-    trust = ProxyTrust(None, enabled=False)
-    state: dict[str, Any] = {}
+    info = ConnectionInfo(("127.0.0.1", 50000), ("127.0.0.1", 8000))
     t0 = time.process_time()
     for _ in range(n):
         conn.receive_data(request)
         head = conn.next_event()
         assert head.__class__ is RequestHead
         assert conn.next_event() is END_OF_REQUEST
-        scope = build_http_scope(head, client=("127.0.0.1", 50000), server=("127.0.0.1", 8000), scheme="http",
-                                 root_path="", state=state, proxy_trusted=False, trust=trust)  # type: ignore[arg-type]
-        cycle = RequestCycle(scope, conn, channel)  # type: ignore[arg-type]
+        cycle = RequestCycle(build_scope(head, info), conn, channel)  # type: ignore[arg-type]
         cycle.feed_end()
         coro = cycle.run(hello)
         try:

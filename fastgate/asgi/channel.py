@@ -1,4 +1,4 @@
-"""What an ASGI cycle may ask of its connection: the only I/O seam above the protocol."""
+"""What an ASGI cycle may ask of its connection: the only seam between asgi/ and the adapters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from typing import Protocol
 
 
 class Channel(Protocol):
-    """Implemented by the asyncio protocol over its transport; tests pass a fake."""
+    """Implemented by both asyncio protocols (HTTP and WebSocket); tests pass a fake.
+
+    The cycles share a sans-I/O object with their connection (``H1Connection``,
+    ``WebSocketSession``): they move it, and ``state_changed`` asks the connection to act on
+    where it now stands. Nothing comes back through the channel: the connection reads what
+    it needs from the sans-I/O object (and the HTTP cycle's ``status`` / ``body_bytes``).
+    """
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer."""
@@ -19,10 +25,10 @@ class Channel(Protocol):
         """Await it to wait until the transport accepts more data (write backpressure)."""
 
     def pause_reading(self) -> None:
-        """Stop reading from the peer (read backpressure)."""
+        """Stop reading from the peer (read backpressure); the connection owns the pause."""
 
     def resume_reading(self) -> None:
-        """Resume reading from the peer."""
+        """Lift the pause ``pause_reading`` set (other reasons to pause may remain)."""
 
     def close(self) -> None:
         """Close after flushing what was written."""
@@ -30,5 +36,7 @@ class Channel(Protocol):
     def is_closing(self) -> bool:
         """Whether the connection is closing or closed."""
 
-    def response_complete(self) -> None:
-        """The current response ended: keep-alive bookkeeping, next pipelined request."""
+    def state_changed(self) -> None:
+        """The cycle moved the shared sans-I/O object: an HTTP response ended (the next
+        request may go, or the connection closes); a WebSocket session has output, events
+        or a new state (write, deliver, arm the timers)."""

@@ -7,6 +7,10 @@ ASGI messages and the request-body buffer with its backpressure.
 The response head is held back until the first body message: when that message is also the
 last (the common case), head and body leave in one write, framed with Content-Length
 instead of chunked encoding.
+
+When the response is over the cycle tells the channel (``state_changed``); what happened
+(``status``, ``body_bytes``) stays on the cycle for the protocol's access log. App errors
+are handled by the boundary both cycles share (``fastgate.asgi.cycle``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from fastgate.asgi.channel import Channel
-from fastgate.asgi.types import ASGIApp, Message
+from fastgate.asgi.cycle import AppCycle
+from fastgate.asgi.types import Message, Scope
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
 from fastgate.fields import status_code
 from fastgate.http.h1 import CONTINUE, H1Connection
@@ -40,10 +44,15 @@ class ASGIHTTPState(enum.Enum):
     DONE = "done"  # last body message sent (or error response written)
 
 
-AccessLog = Callable[["RequestCycle"], None]
+# Module-level names for the states the hot path compares: on Python 3.11 reading a member
+# from its Enum class costs about 1,000 instructions, a global about 50.
+_START: Final = ASGIHTTPState.START
+_STARTED: Final = ASGIHTTPState.STARTED
+_BODY: Final = ASGIHTTPState.BODY
+_DONE: Final = ASGIHTTPState.DONE
 
 
-class RequestCycle:
+class RequestCycle(AppCycle):
     """ASGI receive/send for one request.
 
     Args:
@@ -51,20 +60,15 @@ class RequestCycle:
         conn: the connection's HTTP/1.1 state machine (for framing).
         channel: the connection's I/O.
         expect_continue: the client sent ``Expect: 100-continue``.
-        access_log: called once when the response ends, or None.
-        start_time: loop time the request head arrived (for the access log).
     """
 
     __slots__ = (
-        "scope",
         "conn",
         "channel",
         "state",
         "status",
         "headers",
         "body_bytes",
-        "start_time",
-        "_access_log",
         "_expect_continue",
         "_body",
         "_body_size",
@@ -72,47 +76,34 @@ class RequestCycle:
         "_disconnected",
         "_peer_closed",
         "_waiter",
-        "_reading_paused",
-        "_refused",
     )
 
-    def __init__(
-        self,
-        scope: dict[str, Any],
-        conn: H1Connection,
-        channel: Channel,
-        *,
-        expect_continue: bool = False,
-        access_log: AccessLog | None = None,
-        start_time: float = 0.0,
-    ) -> None:
+    def __init__(self, scope: Scope, conn: H1Connection, channel: Channel, *, expect_continue: bool = False) -> None:
         self.scope = scope
+        self._refused = None
         self.conn = conn
         self.channel = channel
-        self.state = ASGIHTTPState.START
-        self.status = 0
+        self.state = _START
+        self.status = 0  # the response status, once known (for the access log)
         self.headers: Any = ()
-        self.body_bytes = 0
-        self.start_time = start_time
-        self._access_log = access_log
+        self.body_bytes = 0  # body bytes the app sent (for the access log)
         self._expect_continue = expect_continue
         self._body: list[bytes] = []
-        self._body_size = 0
+        self._body_size = 0  # buffered body bytes; -1 once the final http.request went out
         self._more_body = True
         self._disconnected = False
         self._peer_closed = False
         self._waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._refused: BaseException | None = None  # the error a 500 was already sent for
 
     # ----------------------------------------------------------- from the protocol
 
     def feed(self, data: bytes) -> None:
         """A request-body chunk arrived."""
         self._body.append(data)
-        self._body_size += len(data)
-        if self._body_size > HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
+        size = self._body_size = self._body_size + len(data)
+        if size > HIGH_WATER and size - len(data) <= HIGH_WATER:
+            # Crossing the mark: stop reading until the app takes the buffer (receive). The
+            # channel keeps the pause; the buffer size alone says when to lift it.
             self.channel.pause_reading()
         self._wake()
 
@@ -145,7 +136,7 @@ class RequestCycle:
     async def receive(self) -> Message:
         if self._expect_continue:
             self._expect_continue = False
-            if self.state is ASGIHTTPState.START and not self._disconnected:
+            if self.state is _START and not self._disconnected:
                 self.channel.write(CONTINUE)
         while True:
             if self._body or (not self._more_body and self._body_size >= 0):
@@ -154,15 +145,14 @@ class RequestCycle:
                     self._body.clear()
                 else:
                     body = b""
+                if self._body_size > HIGH_WATER:
+                    self.channel.resume_reading()  # paused when the buffer crossed the mark
                 self._body_size = 0
-                if self._reading_paused:
-                    self._reading_paused = False
-                    self.channel.resume_reading()
                 more = self._more_body
                 if not more:
                     self._body_size = -1  # the final http.request went out; next: disconnect
                 return {"type": "http.request", "body": body, "more_body": more}
-            if self._disconnected or self._peer_closed or self.state is ASGIHTTPState.DONE:
+            if self._disconnected or self._peer_closed or self.state is _DONE:
                 return {"type": "http.disconnect"}
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
@@ -172,7 +162,7 @@ class RequestCycle:
         state = self.state
         if mtype == "http.response.body":
             # The helpers are plain functions: an extra coroutine per message is measurable.
-            if state is ASGIHTTPState.BODY:
+            if state is _BODY:
                 more_body = message.get("more_body", False)
                 if self._send_body(message.get("body", b""), more_body):
                     # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
@@ -180,24 +170,24 @@ class RequestCycle:
                 if not more_body:
                     self._finish()
                 return
-            if state is ASGIHTTPState.STARTED:
+            if state is _STARTED:
                 self._send_first_body(message.get("body", b""), message.get("more_body", False))
                 return
             raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
         if mtype == "http.response.start":
-            if state is not ASGIHTTPState.START:
+            if state is not _START:
                 raise ASGIProtocolError(f"'http.response.start' not expected in state {state.value}")
             if self._disconnected:
                 raise ClientDisconnected("client disconnected")
             status = message["status"]
-            if status.__class__ is not int:
+            if type(status) is not int:  # exact ints skip the validator; everything else meets it
                 try:
-                    status = status_code(status)  # HTTPStatus.OK is an int too
+                    status = status_code(status)  # HTTPStatus.OK is an int too: logged as 200
                 except LocalProtocolError as exc:
-                    raise self._refuse(exc) from None
+                    raise self._refuse(exc, "response") from None
             self.status = status
             self.headers = message.get("headers", ())
-            self.state = ASGIHTTPState.STARTED
+            self.state = _STARTED
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
 
@@ -215,8 +205,8 @@ class RequestCycle:
             else:
                 parts = [conn.start_response(self.status, self.headers, body)]
         except LocalProtocolError as exc:
-            raise self._refuse(exc) from None
-        self.state = ASGIHTTPState.BODY
+            raise self._refuse(exc, "response") from None
+        self.state = _BODY
         self.body_bytes = len(body)
         if len(parts) == 1:
             self.channel.write(parts[0])
@@ -247,83 +237,60 @@ class RequestCycle:
         return True
 
     def _finish(self) -> None:
-        self.state = ASGIHTTPState.DONE
-        if self._access_log is not None:
-            self._access_log(self)
-        self.channel.response_complete()
+        self.state = _DONE
+        self.channel.state_changed()
 
-    # ----------------------------------------------------------- running the app
+    # ----------------------------------------------------------- the app boundary (AppCycle)
 
-    async def run(self, app: ASGIApp) -> None:
-        """Run the app for this request; turn failures into a 500 or a closed connection."""
-        try:
-            await app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            self._on_app_error(exc)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+    def _returned(self) -> None:
+        state = self.state
+        if state is _DONE:
             return
-        if self.state is not ASGIHTTPState.DONE:
-            if self.state in (ASGIHTTPState.START, ASGIHTTPState.STARTED):
-                # A peer whose EOF cut its request body short has left, as one that reset.
-                if not self._disconnected and not (self._peer_closed and self._more_body):
-                    logger.error("ASGI app returned without sending a response (%s)", self._where())
-                self._error_response(500, "")
-            else:
-                if not self._disconnected and not self._peer_closed:
-                    logger.error("ASGI app returned before the response body was complete (%s)", self._where())
-                self._abort()
-
-    def _refuse(self, exc: LocalProtocolError) -> ASGIProtocolError:
-        """An invalid response head (status, a header with CR/LF, ...), refused before any
-        byte of it was written: answer 500 now, whatever the app does with the error it
-        gets, and log it here, once."""
-        error = ASGIProtocolError(str(exc))
-        self._refused = error
-        logger.error("Invalid response from the ASGI application (%s): %s", self._where(), exc)
-        self._error_response(500, "")
-        return error
-
-    def _on_app_error(self, exc: BaseException) -> None:
-        if exc is self._refused:
-            return  # answered (500) and logged when the app sent it
-        task = asyncio.current_task()
-        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-            # Cancelled by a drain deadline: the connection is being torn down anyway. (A
-            # CancelledError nobody requested is the app's own error, answered as any other.)
-            if self.state is not ASGIHTTPState.DONE:
-                self._abort()
-            return
-        if self._disconnected and isinstance(exc, OSError):
-            return  # the client left; the app noticed through send()/receive(). Not an error.
-        if self.state in (ASGIHTTPState.START, ASGIHTTPState.STARTED):
-            logger.error("Exception in ASGI application (%s)", self._where(), exc_info=exc)
+        if state is _START or state is _STARTED:
+            # A peer whose EOF cut its request body short has left, as one that reset.
+            if not self._disconnected and not (self._peer_closed and self._more_body):
+                logger.error("ASGI app returned without sending a response (%s)", self._where())
             self._error_response(500, "")
-        elif self.state is ASGIHTTPState.BODY:
-            logger.error("Exception in ASGI application after the response started (%s)", self._where(),
-                         exc_info=exc)
-            self._abort()
         else:
-            logger.error("Exception in ASGI application after the response ended (%s)", self._where(),
-                         exc_info=exc)
+            if not self._disconnected and not self._peer_closed:
+                logger.error("ASGI app returned before the response body was complete (%s)", self._where())
+            self._abort()
+
+    def _answer_error(self) -> str:
+        state = self.state
+        if state is _START or state is _STARTED:
+            self._error_response(500, "")
+            return ""
+        if state is _BODY:
+            self._abort()
+            return " after the response started"
+        return " after the response ended"
+
+    def _answer_refusal(self) -> None:
+        self._error_response(500, "")
+
+    def _cancelled(self) -> None:
+        # Cancelled by a drain deadline: the connection is being torn down anyway.
+        if self.state is not _DONE:
+            self._abort()
+
+    def _peer_gone(self) -> bool:
+        return self._disconnected
 
     def _where(self) -> str:
         return f"{self.scope.get('method')} {self.scope.get('path')}"
 
     def _error_response(self, status: int, reason: str) -> None:
         if self._disconnected or self.channel.is_closing():
-            self.state = ASGIHTTPState.DONE
+            self.state = _DONE
             return
         self.status = status
         self.channel.write(self.conn.error_response(status, reason))
-        self.state = ASGIHTTPState.DONE
-        if self._access_log is not None:
-            self._access_log(self)
-        self.channel.response_complete()
+        self._finish()
 
     def _abort(self) -> None:
         # The head (and maybe part of the body) is out: the only honest signal left is to
         # close, so the client sees a truncated response rather than a corrupted one.
-        self.state = ASGIHTTPState.DONE
+        self.state = _DONE
         self.conn.disable_keep_alive()
         self.channel.close()

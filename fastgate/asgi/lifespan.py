@@ -11,7 +11,7 @@ import enum
 import logging
 from typing import Any
 
-from fastgate.asgi.types import ASGIApp, Message
+from fastgate.asgi.types import ASGI_VERSION, LIFESPAN_SPEC_VERSION, ASGIApp, Message
 from fastgate.errors import LifespanFailure
 
 logger = logging.getLogger("fastgate.error")
@@ -34,13 +34,15 @@ class Lifespan:
         app: the ASGI 3 app.
         mode: ``auto``, ``on`` or ``off``.
         timeout: seconds each phase may take.
+        state: the dict the app fills at startup (copied into every request's scope).
     """
 
-    def __init__(self, app: ASGIApp, mode: str = "auto", timeout: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, mode: str = "auto", timeout: float = 60.0,
+                 state: dict[str, Any] | None = None) -> None:
         self.app = app
         self.mode = mode
         self.timeout = timeout
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = state if state is not None else {}
         self.phase = LifespanState.IDLE if mode != "off" else LifespanState.UNSUPPORTED
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._answer: asyncio.Future[Message] | None = None
@@ -59,7 +61,8 @@ class Lifespan:
         loop = asyncio.get_running_loop()
         self.phase = LifespanState.STARTING
         self._answer = loop.create_future()
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+        scope = {"type": "lifespan", "asgi": {"version": ASGI_VERSION, "spec_version": LIFESPAN_SPEC_VERSION},
+                 "state": self.state}
         self._task = loop.create_task(self._main(scope))
         await self._inbox.put({"type": "lifespan.startup"})
         message = await self._wait_answer("startup")

@@ -1,4 +1,10 @@
-"""Build ASGI connection scopes from a parsed request head and peer addresses.
+"""Build ASGI connection scopes from a parsed request head and a ``ConnectionInfo``.
+
+One builder serves both kinds of scope: ``build_scope(head, info)`` is the ``http`` scope
+of a request, and with the upgrade's offered ``subprotocols`` the ``websocket`` scope.
+``ConnectionInfo`` is what every scope of one connection shares (addresses, scheme,
+whether the peer is a trusted proxy, the worker's root path and lifespan state), worked
+out once when the connection is made.
 
 Proxy headers are honoured only when the direct peer is trusted (``--forwarded-allow-ips``
 or a UNIX-socket peer). The client address is taken as the rightmost *untrusted* hop: the
@@ -11,11 +17,13 @@ import ipaddress
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from fastgate.asgi.types import ASGI_VERSION, WWW_SPEC_VERSION, Scope
 from fastgate.config import Network
 from fastgate.http.events import RequestHead
 from fastgate.http.h1_receive import PROXY_HEADERS
 
 Address = tuple[str, int]
+ServerAddress = tuple[str, int | None]  # a UNIX socket: (path, None)
 
 
 def decode_path(raw_path: bytes) -> str:
@@ -155,7 +163,7 @@ def read_forwarded(headers: list[tuple[bytes, bytes]], trust: ProxyTrust) -> For
     return fwd
 
 
-def apply_forwarded(scope: dict[str, Any], fwd: Forwarded, websocket: bool) -> None:
+def apply_forwarded(scope: Scope, fwd: Forwarded, websocket: bool) -> None:
     """Rewrite a scope in place with what trusted proxies forwarded."""
     if fwd.client:
         # The peer's port belongs to the proxy's connection, not to the client: 0 (unknown),
@@ -180,80 +188,89 @@ def apply_forwarded(scope: dict[str, Any], fwd: Forwarded, websocket: bool) -> N
         scope["raw_path"] = fwd.prefix.encode("latin-1") + scope["raw_path"]
 
 
-def build_http_scope(
-    head: RequestHead,
-    *,
-    client: Address | None,
-    server: tuple[str, int | None] | None,
-    scheme: str,
-    root_path: str,
-    state: dict[str, Any],
-    proxy_trusted: bool,
-    trust: ProxyTrust,
-) -> dict[str, Any]:
-    """The ASGI ``http`` scope for one request (www spec 2.5)."""
+def _address(info: Any) -> Address | None:
+    # IPv4 (host, port) as the transport gives it; IPv6 (host, port, flow, scope) trimmed.
+    if isinstance(info, tuple) and len(info) >= 2:
+        if len(info) == 2 and isinstance(info[0], str) and isinstance(info[1], int):
+            return info
+        return (str(info[0]), int(info[1]))
+    return None
+
+
+class ConnectionInfo:
+    """What every scope of one connection shares, worked out once when it is made.
+
+    Args:
+        peername: the transport's ``peername`` (an address tuple, or a UNIX socket's "").
+        sockname: the transport's ``sockname`` (an address tuple, or a UNIX socket's path).
+        tls: the connection is TLS (``https`` / ``wss``).
+        root_path: ``--root-path``.
+        state: the lifespan state, copied into every scope.
+        trust: which peers may set forwarding headers.
+    """
+
+    __slots__ = ("client", "server", "scheme", "root_path", "state", "trust", "proxy_trusted")
+
+    def __init__(self, peername: Any, sockname: Any, *, tls: bool = False, root_path: str = "",
+                 state: dict[str, Any] | None = None, trust: ProxyTrust | None = None) -> None:
+        self.client = _address(peername)
+        server: ServerAddress | None = _address(sockname)
+        unix = isinstance(sockname, str)
+        if server is None and unix:
+            server = (sockname, None)  # UNIX socket: the path, no port
+        self.server = server
+        self.scheme = "https" if tls else "http"
+        self.root_path = root_path
+        self.state: dict[str, Any] = state if state is not None else {}
+        self.trust = trust = trust or ProxyTrust(None, enabled=False)
+        # A UNIX-socket peer is local: trusted like any address in the allow-list's default.
+        self.proxy_trusted = trust.enabled and trust.trusts(
+            None if unix else (self.client[0] if self.client else None))
+
+
+def build_scope(head: RequestHead, info: ConnectionInfo, subprotocols: list[str] | None = None) -> Scope:
+    """The ASGI scope of one request (www spec 2.5).
+
+    Args:
+        head: the request head.
+        info: the connection's shared facts.
+        subprotocols: for a WebSocket upgrade, the subprotocols the client offered: the
+            scope is then a ``websocket`` scope; None for an ``http`` scope.
+    """
     raw_path = head.raw_path
     # Most paths are plain ASCII without escapes: decode them inline.
     path = raw_path.decode("ascii") if raw_path.isascii() and b"%" not in raw_path else decode_path(raw_path)
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.5"},
-        "http_version": head.http_version,
-        "server": server,
-        "client": client,
-        "scheme": scheme,
-        "method": head.method,
-        "root_path": root_path,
+    root_path = info.root_path
+    if root_path:
         # The path includes root_path, as uvicorn and the clarified spec have it (asgiref
         # #229): the proxy stripped the prefix, the app sees the full public path.
-        "path": root_path + path if root_path else path,
-        "raw_path": root_path.encode("utf-8") + raw_path if root_path else raw_path,
-        "query_string": head.query_string,
-        "headers": head.headers,
-        "state": state.copy(),
-        "extensions": {},
-    }
-    if proxy_trusted and head.forwarded:
-        fwd = read_forwarded(head.headers, trust)
-        if fwd is not None:
-            apply_forwarded(scope, fwd, websocket=False)
-    return scope
-
-
-def build_websocket_scope(
-    head: RequestHead,
-    *,
-    client: Address | None,
-    server: tuple[str, int | None] | None,
-    scheme: str,
-    root_path: str,
-    state: dict[str, Any],
-    proxy_trusted: bool,
-    trust: ProxyTrust,
-) -> dict[str, Any]:
-    """The ASGI ``websocket`` scope for an upgrade request (www spec 2.5)."""
-    subprotocols: list[str] = []
-    for name, value in head.headers:
-        if name == b"sec-websocket-protocol":
-            subprotocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-    scope: dict[str, Any] = {
-        "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.5"},
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": ASGI_VERSION, "spec_version": WWW_SPEC_VERSION},
         "http_version": head.http_version,
-        "server": server,
-        "client": client,
-        "scheme": "wss" if scheme == "https" else "ws",
+        "server": info.server,
+        "client": info.client,
+        "scheme": info.scheme,
         "root_path": root_path,
-        "path": root_path + decode_path(head.raw_path) if root_path else decode_path(head.raw_path),
-        "raw_path": root_path.encode("utf-8") + head.raw_path if root_path else head.raw_path,
+        "path": path,
+        "raw_path": raw_path,
         "query_string": head.query_string,
         "headers": head.headers,
-        "subprotocols": subprotocols,
-        "state": state.copy(),
-        "extensions": {"websocket.http.response": {}},
+        "state": info.state.copy(),
     }
-    if proxy_trusted and head.forwarded:
-        fwd = read_forwarded(head.headers, trust)
+    websocket = subprotocols is not None
+    if websocket:
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if info.scheme == "https" else "ws"
+        scope["subprotocols"] = subprotocols
+        scope["extensions"] = {"websocket.http.response": {}}
+    else:
+        scope["method"] = head.method
+        scope["extensions"] = {}
+    if head.forwarded and info.proxy_trusted:
+        fwd = read_forwarded(head.headers, info.trust)
         if fwd is not None:
-            apply_forwarded(scope, fwd, websocket=True)
+            apply_forwarded(scope, fwd, websocket)
     return scope

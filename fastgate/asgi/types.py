@@ -1,9 +1,9 @@
-"""ASGI scopes and messages as TypedDicts (ASGI spec 3.0, www spec 2.5)."""
+"""ASGI type aliases and the one place the ASGI version numbers are written."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Literal, TypedDict
+from typing import Any, Final
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -11,49 +11,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.5"}
-
-
-class ASGIVersions(TypedDict):
-    version: str
-    spec_version: str
-
-
-class HTTPScope(TypedDict):
-    type: Literal["http"]
-    asgi: ASGIVersions
-    http_version: str
-    method: str
-    scheme: str
-    path: str
-    raw_path: bytes
-    query_string: bytes
-    root_path: str
-    headers: list[tuple[bytes, bytes]]
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    state: dict[str, Any]
-    extensions: dict[str, Any]
-
-
-class WebSocketScope(TypedDict):
-    type: Literal["websocket"]
-    asgi: ASGIVersions
-    http_version: str
-    scheme: str
-    path: str
-    raw_path: bytes
-    query_string: bytes
-    root_path: str
-    headers: list[tuple[bytes, bytes]]
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    subprotocols: list[str]
-    state: dict[str, Any]
-    extensions: dict[str, Any]
-
-
-class LifespanScope(TypedDict):
-    type: Literal["lifespan"]
-    asgi: ASGIVersions
-    state: dict[str, Any]
+ASGI_VERSION: Final = "3.0"
+WWW_SPEC_VERSION: Final = "2.5"  # the HTTP and WebSocket spec (scope "asgi" key)
+LIFESPAN_SPEC_VERSION: Final = "2.0"

@@ -3,8 +3,9 @@
 ``WebSocketCycle`` enforces the order of ASGI messages with ``ASGIWebSocketState`` and
 keeps the bounded queue of incoming messages; the protocol work is the session's
 (``fastgate.ws.session``) and the I/O is the channel's. After every session call the cycle
-asks the channel to ``flush()``: write what the session has to send and hand the
-session's new events back through ``feed``.
+tells the channel (``state_changed``): it writes what the session has to send and hands
+the session's new events back through ``feed``. App errors are handled by the boundary
+both cycles share (``fastgate.asgi.cycle``).
 
 Backpressure: when ``max_queue`` messages wait for the app, the cycle pauses reading, so a
 fast client fills the kernel buffers (and then its own) instead of our memory; reading
@@ -17,31 +18,16 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
-from fastgate.asgi.types import ASGIApp, Message
+from fastgate.asgi.channel import Channel
+from fastgate.asgi.cycle import AppCycle
+from fastgate.asgi.types import Message, Scope
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
 from fastgate.fields import status_code
 from fastgate.ws.session import WebSocketSession, checked_headers
 
 logger = logging.getLogger("fastgate.error")
-
-
-class WebSocketChannel(Protocol):
-    """What a ``WebSocketCycle`` needs from its connection."""
-
-    def flush(self) -> None:
-        """Write what the session has to send; feed its new events to the cycle."""
-
-    def drain(self) -> Awaitable[None]:
-        """Await it to wait until the transport accepts more data."""
-
-    def pause_reading(self) -> None:
-        """Stop reading (the incoming queue is full)."""
-
-    def resume_reading(self) -> None:
-        """Resume reading."""
 
 
 class ASGIWebSocketState(enum.Enum):
@@ -54,7 +40,7 @@ class ASGIWebSocketState(enum.Enum):
 _CONNECT: Message = {"type": "websocket.connect"}
 
 
-class WebSocketCycle:
+class WebSocketCycle(AppCycle):
     """ASGI receive/send for one WebSocket.
 
     Args:
@@ -65,7 +51,6 @@ class WebSocketCycle:
     """
 
     __slots__ = (
-        "scope",
         "session",
         "channel",
         "state",
@@ -74,15 +59,12 @@ class WebSocketCycle:
         "_connect_sent",
         "_disconnect",
         "_waiter",
-        "_reading_paused",
         "_status",
         "_headers",
         "_body",
-        "_refused",
     )
 
-    def __init__(self, scope: dict[str, Any], session: WebSocketSession, channel: WebSocketChannel,
-                 max_queue: int = 32) -> None:
+    def __init__(self, scope: Scope, session: WebSocketSession, channel: Channel, max_queue: int = 32) -> None:
         self.scope = scope
         self.session = session
         self.channel = channel
@@ -92,11 +74,10 @@ class WebSocketCycle:
         self._connect_sent = False
         self._disconnect: Message | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
         self._status = 0
         self._headers: Any = ()
         self._body: list[bytes] = []
-        self._refused: BaseException | None = None  # the error a 500 was already sent for
+        self._refused = None
 
     # ----------------------------------------------------------- from the protocol
 
@@ -106,8 +87,9 @@ class WebSocketCycle:
             self._disconnect = message
         else:
             self._queue.append(message)
-            if len(self._queue) >= self.max_queue and not self._reading_paused:
-                self._reading_paused = True
+            if len(self._queue) == self.max_queue:
+                # Full: stop reading until the app has taken half (receive). The channel
+                # keeps the pause; the queue length alone says when to lift it.
                 self.channel.pause_reading()
         waiter = self._waiter
         if waiter is not None:
@@ -129,8 +111,9 @@ class WebSocketCycle:
             queue = self._queue
             if queue:
                 message = queue.popleft()
-                if self._reading_paused and len(queue) <= self.max_queue // 2:
-                    self._reading_paused = False
+                if len(queue) == self.max_queue // 2:
+                    # Going down from full passes here exactly once (one message at a time);
+                    # when reading was not paused, resuming is a no-op.
                     self.channel.resume_reading()
                 return message
             if self._disconnect is not None:
@@ -149,19 +132,19 @@ class WebSocketCycle:
                 if mtype == "websocket.close":
                     self.state = ASGIWebSocketState.CLOSED
                     self.session.close(message.get("code") or 1000, message.get("reason") or "")
-                    self.channel.flush()
+                    self.channel.state_changed()
                     return
             elif state is ASGIWebSocketState.CONNECTING:
                 if mtype == "websocket.accept":
                     self.session.accept(message.get("subprotocol"), message.get("headers") or ())
                     self.state = ASGIWebSocketState.CONNECTED
-                    self.channel.flush()
+                    self.channel.state_changed()
                     return
                 if mtype == "websocket.close":
                     # Closed before accepting: the handshake is refused with 403 (www spec).
                     self.state = ASGIWebSocketState.CLOSED
                     self.session.reject(403, [(b"content-type", b"text/plain; charset=utf-8")], b"Forbidden\n")
-                    self.channel.flush()
+                    self.channel.state_changed()
                     return
                 if mtype == "websocket.http.response.start":
                     self._start_denial(message)
@@ -172,21 +155,17 @@ class WebSocketCycle:
                     if not message.get("more_body", False):
                         self.state = ASGIWebSocketState.CLOSED
                         self.session.reject(self._status, self._headers, b"".join(self._body))
-                        self.channel.flush()
+                        self.channel.state_changed()
                     return
             elif self.session.disconnected and mtype in ("websocket.send", "websocket.close"):
                 raise ClientDisconnected("WebSocket connection is closed")
         except LocalProtocolError as exc:
-            error = ASGIProtocolError(str(exc))
             if self.session.handshake_pending and not self.session.disconnected:
                 # An invalid accept or denial (a header with CR/LF, a bad subprotocol or
                 # status) is refused with a 500 now, whatever the app does with the error:
                 # the client gets an answer, never a partial or injected head.
-                self._refused = error
-                logger.error("Invalid WebSocket handshake answer from the ASGI application (%s): %s",
-                             self._where(), exc)
-                self._answer(500)
-            raise error from None
+                raise self._refuse(exc, "WebSocket handshake answer") from None
+            raise ASGIProtocolError(str(exc)) from None
         raise ASGIProtocolError(f"unexpected ASGI message {mtype!r} in state {state.value}")
 
     async def _send_data(self, message: Message) -> None:
@@ -204,7 +183,7 @@ class WebSocketCycle:
         else:
             raise ASGIProtocolError("websocket.send needs exactly one of 'text' and 'bytes'")
         channel = self.channel
-        channel.flush()
+        channel.state_changed()
         # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
         await channel.drain()
 
@@ -223,17 +202,9 @@ class WebSocketCycle:
         self._headers = headers
         self.state = ASGIWebSocketState.RESPONSE
 
-    # ----------------------------------------------------------- running the app
+    # ----------------------------------------------------------- the app boundary (AppCycle)
 
-    async def run(self, app: ASGIApp) -> None:
-        """Run the app for this WebSocket; failures become a 500 or a close 1011."""
-        try:
-            await app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            self._on_app_error(exc)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return
+    def _returned(self) -> None:
         state = self.state
         if state is ASGIWebSocketState.CONNECTING:
             # Returned without accepting: the handshake is refused (www spec: 403).
@@ -246,34 +217,37 @@ class WebSocketCycle:
             self.state = ASGIWebSocketState.CLOSED
             if self.session.is_open:
                 self.session.close(1000, "")
-                self.channel.flush()
+                self.channel.state_changed()
 
-    def _on_app_error(self, exc: BaseException) -> None:
+    def _answer_error(self) -> str:
         state = self.state
         self.state = ASGIWebSocketState.CLOSED
-        if exc is self._refused:
-            return  # answered (500) and logged when the app sent it
         session = self.session
-        task = asyncio.current_task()
-        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-            # Cancelled by a drain deadline: the connection is being torn down. (A
-            # CancelledError nobody requested is the app's own error, answered as any other.)
-            if session.is_open or session.handshake_pending:
-                session.fail(1012, "server shutdown")
-                self.channel.flush()
-            return
-        if session.disconnected and isinstance(exc, OSError):
-            return  # the client left; the app noticed through send(). Not a server error.
         if state in (ASGIWebSocketState.CONNECTING, ASGIWebSocketState.RESPONSE):
-            logger.error("Exception in ASGI application (%s)", self._where(), exc_info=exc)
             if session.handshake_pending and not session.disconnected:
                 session.reject(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error\n")
-                self.channel.flush()
-        else:
-            logger.error("Exception in ASGI application (%s)", self._where(), exc_info=exc)
-            if session.is_open:
-                session.fail(1011, "internal error")
-                self.channel.flush()
+                self.channel.state_changed()
+        elif session.is_open:
+            session.fail(1011, "internal error")
+            self.channel.state_changed()
+        return ""
+
+    def _answer_refusal(self) -> None:
+        self._answer(500)
+
+    def _cancelled(self) -> None:
+        # Cancelled by a drain deadline: the connection is being torn down.
+        self.state = ASGIWebSocketState.CLOSED
+        session = self.session
+        if session.is_open or session.handshake_pending:
+            session.fail(1012, "server shutdown")
+            self.channel.state_changed()
+
+    def _peer_gone(self) -> bool:
+        if self.session.disconnected:
+            self.state = ASGIWebSocketState.CLOSED
+            return True
+        return False
 
     def _answer(self, status: int) -> None:
         self.state = ASGIWebSocketState.CLOSED
@@ -281,7 +255,7 @@ class WebSocketCycle:
         if session.handshake_pending and not session.disconnected:
             body = b"Forbidden\n" if status == 403 else b"Internal Server Error\n"
             session.reject(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
-            self.channel.flush()
+            self.channel.state_changed()
 
     def _where(self) -> str:
         return f"WebSocket {self.scope.get('path')}"

@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastgate.asgi.http_cycle import RequestCycle
-from fastgate.asgi.scope import build_http_scope, build_websocket_scope
+from fastgate.asgi.scope import ConnectionInfo, build_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState
 from fastgate.worker.context import WorkerContext
 from fastgate.worker.flow import READ_ALL, READ_BACKLOG, READ_PIPELINE, FlowControl
 from fastgate.worker.websocket import WebSocketProtocol
+from fastgate.ws.session import offered_subprotocols
 
 # Python 3.12 can start a task eagerly: its first step runs inside create, with the task
 # already current. Before 3.12 every request pays a call_soon and a loop iteration.
@@ -27,14 +28,6 @@ EAGER_TASKS = sys.version_info >= (3, 12)
 
 # Bytes of pipelined responses gathered before they are written anyway.
 WRITE_GATHER_LIMIT = 64 * 1024
-
-
-def _address(info: Any) -> tuple[str, int] | None:
-    if info.__class__ is tuple and len(info) == 2 and info[0].__class__ is str and info[1].__class__ is int:
-        return info  # IPv4 (host, port): as is
-    if isinstance(info, tuple) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    return None
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -53,10 +46,8 @@ class HttpProtocol(asyncio.Protocol):
         self.conn = H1Connection(ctx.limits, ctx.defaults)
         self.cycle: RequestCycle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.info: ConnectionInfo
         self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int | None] | None = None
-        self.scheme = "http"
-        self.proxy_trusted = False
         # Loop time at which the pending timeout fires (0.0: none), checked by the worker's
         # DeadlineSweeper: cheaper than a call_later per request.
         self.deadline = 0.0
@@ -72,6 +63,7 @@ class HttpProtocol(asyncio.Protocol):
         self._progress = False  # a response completed since the last flush tick
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # status of a probe answer, sent once its request is fully read
+        self._start_time = 0.0
 
     # ------------------------------------------------------------ transport events
 
@@ -80,20 +72,11 @@ class HttpProtocol(asyncio.Protocol):
         self.flow = FlowControl(self.transport)
         ctx = self.ctx
         ctx.register(self)
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        self.client = _address(peer)
-        self.server = _address(local)
-        if self.server is None and isinstance(local, str):
-            self.server = (local, None)  # UNIX socket: the path, no port
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
-        trust = ctx.trust
-        if trust.enabled:
-            # A UNIX-socket connection's sockname is the path (str); no need to fetch the socket
-            # object (uvloop builds a wrapper for it).
-            unix = isinstance(local, str)
-            self.proxy_trusted = trust.trusts(None if unix else (self.client[0] if self.client else None))
+        self.info = info = ConnectionInfo(
+            transport.get_extra_info("peername"), transport.get_extra_info("sockname"),
+            tls=transport.get_extra_info("sslcontext") is not None, root_path=ctx.root_path,
+            state=ctx.lifespan_state, trust=ctx.trust)
+        self.client = info.client
         # Accepted while draining (the accept raced the listener close): the client has
         # sent or will send a request; serve it with keep-alive off rather than reset it.
         self._arm_timer(ctx.timeout_request_header)
@@ -222,25 +205,9 @@ class HttpProtocol(asyncio.Protocol):
             self._send_simple(503, b"Service Unavailable\n")
             self.transport.close()
             return
-        scope = build_http_scope(
-            head,
-            client=self.client,
-            server=self.server,
-            scheme=self.scheme,
-            root_path=ctx.root_path,
-            state=ctx.lifespan_state,
-            proxy_trusted=self.proxy_trusted,
-            trust=ctx.trust,
-        )
-        access = self._log_access if ctx.access_formatter is not None else None
-        cycle = RequestCycle(
-            scope,
-            self.conn,
-            self,
-            expect_continue=head.expect_continue,
-            access_log=access,
-            start_time=time.perf_counter() if access is not None else 0.0,
-        )
+        if ctx.access_formatter is not None:
+            self._start_time = time.perf_counter()
+        cycle = RequestCycle(build_scope(head, self.info), self.conn, self, expect_continue=head.expect_continue)
         if self._eof:
             cycle.peer_closed()
         self.cycle = cycle
@@ -294,16 +261,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         head = event.head
-        scope = build_websocket_scope(
-            head,
-            client=self.client,
-            server=self.server,
-            scheme=self.scheme,
-            root_path=ctx.root_path,
-            state=ctx.lifespan_state,
-            proxy_trusted=self.proxy_trusted,
-            trust=ctx.trust,
-        )
+        scope = build_scope(head, self.info, offered_subprotocols(head.headers))
         # The bytes now belong to the WebSocket protocol; this one steps aside (it is
         # registered again as a websocket first, so the drain event never blinks).
         ws = WebSocketProtocol(ctx, self.transport, self.flow, scope)
@@ -374,10 +332,15 @@ class HttpProtocol(asyncio.Protocol):
     def is_closing(self) -> bool:
         return self._closed or self.transport.is_closing()
 
+    def state_changed(self) -> None:
+        self.response_complete()
+
     def response_complete(self) -> None:
         """The response ended: reuse the connection for the next request, or close it."""
         ctx = self.ctx
         ctx.requests_served += 1  # inlined: once per response
+        if ctx.access_formatter is not None and self.cycle is not None:
+            self._log_access(self.cycle)
         if ctx.max_requests is not None:
             ctx.check_max_requests()
         self.cycle = None
@@ -518,7 +481,7 @@ class HttpProtocol(asyncio.Protocol):
             http_version=scope["http_version"],
             status=cycle.status,
             length=cycle.body_bytes,
-            duration=time.perf_counter() - cycle.start_time,
+            duration=time.perf_counter() - self._start_time,
             headers=scope["headers"],
         )
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fastgate.asgi.types import Scope
 from fastgate.asgi.ws_cycle import WebSocketCycle
 from fastgate.worker.flow import READ_BACKLOG, READ_HANDSHAKE, FlowControl
 from fastgate.ws.session import PENDING_LIMIT, WebSocketSession, deflate_factory
@@ -48,7 +49,7 @@ class WebSocketProtocol(asyncio.Protocol):
     """
 
     def __init__(self, ctx: WorkerContext, transport: asyncio.Transport, flow: FlowControl,
-                 scope: dict[str, Any]) -> None:
+                 scope: Scope) -> None:
         settings = ctx.config.websocket
         self.ctx = ctx
         self.loop = ctx.loop or asyncio.get_running_loop()
@@ -123,6 +124,24 @@ class WebSocketProtocol(asyncio.Protocol):
         self.flow.resume_writing()
 
     # ------------------------------------------------------------ WebSocketChannel
+
+    def state_changed(self) -> None:
+        self.flush()
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._write_out()
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self._out.extend(parts)
+        self._write_out()
+
+    def close(self) -> None:
+        self._write_out()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self._closed or self.transport.is_closing()
 
     def flush(self) -> None:
         """Write what the session has to send, then hand its events to the app."""

@@ -117,6 +117,15 @@ def _request_bytes(method: str, target: bytes, http_version: str, headers: Itera
     return b"".join(lines)
 
 
+def offered_subprotocols(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The subprotocols a client offers (``Sec-WebSocket-Protocol``, RFC 6455 §4.1), in order."""
+    offered: list[str] = []
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            offered.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+    return offered
+
+
 class WebSocketSession:
     """One WebSocket connection, from the upgrade request to the close.
 
@@ -516,4 +525,5 @@ def checked_headers(headers: Iterable[Any]) -> list[tuple[str, str]]:
     return out
 
 
-__all__ = ["WebSocketSession", "SessionState", "deflate_factory", "checked_headers", "PENDING_LIMIT"]
+__all__ = ["WebSocketSession", "SessionState", "deflate_factory", "checked_headers", "offered_subprotocols",
+           "PENDING_LIMIT"]

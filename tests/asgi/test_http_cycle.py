@@ -11,7 +11,7 @@ import pytest
 from fastgate.asgi.http_cycle import HIGH_WATER, VECTOR_MIN, ASGIHTTPState, RequestCycle
 from fastgate.errors import ASGIProtocolError, ClientDisconnected
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, RequestHead
-from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection
+from fastgate.http.h1 import CONTINUE, DefaultHeaders, H1Connection, ResponseState
 
 
 class FakeChannel:
@@ -22,6 +22,8 @@ class FakeChannel:
         self.pauses = 0
         self.closed = False
         self.completed = 0
+        self.outcomes: list[tuple[int, int]] = []
+        self.cycle: RequestCycle | None = None
         self.drains = 0
         self.drain_gate: asyncio.Event | None = None
 
@@ -50,8 +52,12 @@ class FakeChannel:
     def is_closing(self) -> bool:
         return self.closed
 
-    def response_complete(self) -> None:
+    def state_changed(self) -> None:
+        # The cycle says the response ended: what the protocol's access log then reads.
+        assert self.cycle is not None
+        assert self.cycle.conn.response_state is ResponseState.DONE
         self.completed += 1
+        self.outcomes.append((self.cycle.status, self.cycle.body_bytes))
 
     @property
     def data(self) -> bytes:
@@ -68,6 +74,7 @@ def make(request: bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", **kw: Any) -> tu
     channel = FakeChannel()
     scope = {"type": "http", "method": head.method, "path": "/"}
     cycle = RequestCycle(scope, conn, channel, expect_continue=head.expect_continue, **kw)
+    channel.cycle = cycle
     return cycle, channel
 
 
@@ -83,8 +90,6 @@ async def respond(send: Any, body: bytes = b"ok", status: int = 200) -> None:
 def test_simple_response_is_one_write_with_content_length() -> None:
     cycle, channel = make()
     cycle.feed_end()
-    logged: list[RequestCycle] = []
-    cycle._access_log = logged.append
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert await receive() == {"type": "http.request", "body": b"", "more_body": False}
@@ -93,7 +98,7 @@ def test_simple_response_is_one_write_with_content_length() -> None:
     run(cycle.run(app))
     assert channel.written == [b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"]
     assert cycle.state is ASGIHTTPState.DONE and channel.completed == 1
-    assert logged == [cycle] and cycle.status == 200 and cycle.body_bytes == 2
+    assert channel.outcomes == [(200, 2)]
 
 
 def test_large_single_body_is_written_beside_its_head_not_joined() -> None:
@@ -390,8 +395,6 @@ def test_an_invalid_head_is_refused_with_500_whatever_the_app_does(start: dict[s
 
 def test_raise_before_start_is_500(caplog: pytest.LogCaptureFixture) -> None:
     cycle, channel = make()
-    logged: list[int] = []
-    cycle._access_log = lambda c: logged.append(c.status)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
@@ -399,7 +402,7 @@ def test_raise_before_start_is_500(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, "fastgate.error"):
         run(cycle.run(app))
     assert channel.data.startswith(b"HTTP/1.1 500 ")
-    assert logged == [500]
+    assert channel.outcomes == [(500, 0)]
     assert "boom" in caplog.text and "GET /" in caplog.text
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from fastgate.asgi.scope import ProxyTrust, build_http_scope, build_websocket_scope, decode_path
+from fastgate.asgi.scope import ConnectionInfo, ProxyTrust, build_scope, decode_path
 from fastgate.config import parse_networks
 from fastgate.http.events import RequestHead
 from fastgate.http.h1 import H1Connection
+from fastgate.ws.session import offered_subprotocols
 
 LOCAL = ProxyTrust(parse_networks("127.0.0.1,::1"))
 
@@ -25,17 +26,13 @@ def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
 
 def scope(h: RequestHead | None = None, *, peer: str | None = "127.0.0.1", trust: ProxyTrust = LOCAL,
           root_path: str = "", websocket: bool = False, **kw: Any) -> dict[str, Any]:
-    build = build_websocket_scope if websocket else build_http_scope
-    return build(
-        h or head(),
-        client=(peer, 5000) if peer else None,
-        server=("127.0.0.1", 8000),
-        scheme=kw.pop("scheme", "http"),
-        root_path=root_path,
-        state=kw.pop("state", {}),
-        proxy_trusted=trust.enabled and trust.trusts(peer),
-        trust=trust,
-    )
+    h = h or head()
+    # A UNIX-socket connection: the peer name is "" and the socket name the path.
+    info = ConnectionInfo((peer, 5000) if peer else "", ("127.0.0.1", 8000), tls=kw.pop("scheme", "http") == "https",
+                          root_path=root_path, state=kw.pop("state", {}), trust=trust)
+    if peer is None:
+        info.server = ("127.0.0.1", 8000)
+    return dict(build_scope(h, info, offered_subprotocols(h.headers) if websocket else None))
 
 
 def test_http_scope_fields() -> None:
@@ -65,6 +62,17 @@ def test_http_scope_fields() -> None:
 def test_root_path_is_part_of_path() -> None:
     s = scope(head(b"/items?q"), root_path="/api")
     assert (s["root_path"], s["path"], s["raw_path"], s["query_string"]) == ("/api", "/api/items", b"/api/items", b"q")
+
+
+def test_connection_info_from_transport_names() -> None:
+    tcp6 = ConnectionInfo(("::1", 5000, 0, 0), ("::1", 8000, 0, 0), tls=True, trust=LOCAL)
+    assert (tcp6.client, tcp6.server, tcp6.scheme, tcp6.proxy_trusted) == (("::1", 5000), ("::1", 8000), "https", True)
+    unix = ConnectionInfo("", "/run/fg.sock", trust=LOCAL)
+    assert (unix.client, unix.server, unix.proxy_trusted) == (None, ("/run/fg.sock", None), True)
+    untrusted = ConnectionInfo(("198.51.100.1", 5000), ("127.0.0.1", 8000), trust=LOCAL)
+    assert not untrusted.proxy_trusted
+    off = ConnectionInfo(("127.0.0.1", 5000), ("127.0.0.1", 8000), trust=ProxyTrust(None, enabled=False))
+    assert not off.proxy_trusted
 
 
 def test_decode_path() -> None:

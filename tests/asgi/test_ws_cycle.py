@@ -32,7 +32,7 @@ def async_test(fn: Any) -> Any:
 
 
 class FakeChannel:
-    """Collects what the session writes and feeds its events back, like WebSocketProtocol.flush."""
+    """Collects what the session writes and feeds its events back, like WebSocketProtocol.state_changed."""
 
     def __init__(self) -> None:
         self.cycle: WebSocketCycle
@@ -43,7 +43,7 @@ class FakeChannel:
         self.drained = asyncio.Event()
         self.drained.set()
 
-    def flush(self) -> None:
+    def state_changed(self) -> None:
         self.written.extend(self.session.data_to_send())
         for message in self.session.events_received():
             self.cycle.feed(message)
@@ -83,7 +83,7 @@ def from_client(channel: FakeChannel, client: ClientProtocol) -> None:
     for data in client.data_to_send():
         if data:
             channel.session.receive_data(data)
-    channel.flush()
+    channel.state_changed()
 
 
 @async_test
@@ -234,7 +234,7 @@ async def test_send_after_disconnect_raises_oserror_not_logged(caplog):
 async def test_accept_after_client_left_raises_client_disconnected():
     cycle, channel, _ = make()
     channel.session.receive_eof()
-    channel.flush()
+    channel.state_changed()
 
     async def app(scope, receive, send):
         await receive()

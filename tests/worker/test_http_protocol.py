@@ -360,8 +360,8 @@ def test_unix_socket_peer_scope_and_trust() -> None:
             transport = FakeTransport(peer="", local="/run/fg.sock")
             transport.extra["socket"] = a
             protocol, transport = connect(make_ctx(), transport)
-            assert protocol.client is None and protocol.server == ("/run/fg.sock", None)
-            assert protocol.proxy_trusted
+            assert protocol.info.client is None and protocol.info.server == ("/run/fg.sock", None)
+            assert protocol.info.proxy_trusted
             protocol.data_received(b"GET /root-info HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
             await until(lambda: b"1.2.3.4" in transport.written)
             assert b'"server": ["/run/fg.sock", null]' in transport.written
