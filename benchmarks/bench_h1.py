@@ -183,19 +183,19 @@ def bench_close(n: int, request: bytes) -> float:
 def _run_protocol(n: int, request: bytes, per_connection: bool) -> float:
     import uvloop
 
-    from fastgate.worker.context import WorkerContext
     from fastgate.worker.protocol import HttpProtocol
+    from fastgate.worker.server import Worker
 
     config = replace(Config(), access_log=False, app="bench:hello")
 
     async def main() -> float:
-        ctx = WorkerContext(config, hello)
-        ctx.defaults.date = b"date: Tue, 24 Nov 2026 16:00:00 GMT\r\n"
+        worker = Worker(config, hello, [])
+        worker.settings.defaults.date = b"date: Tue, 24 Nov 2026 16:00:00 GMT\r\n"
         sleep = asyncio.sleep
         if per_connection:
             t0 = time.process_time()
             for _ in range(n):
-                proto = HttpProtocol(ctx)
+                proto = HttpProtocol(worker)
                 transport = FakeTransport()
                 proto.connection_made(transport)  # type: ignore[arg-type]
                 proto.data_received(request)
@@ -204,7 +204,7 @@ def _run_protocol(n: int, request: bytes, per_connection: bool) -> float:
                 assert transport.closing, "Connection: close did not close"
                 proto.connection_lost(None)
             return time.process_time() - t0
-        proto = HttpProtocol(ctx)
+        proto = HttpProtocol(worker)
         transport = FakeTransport()
         proto.connection_made(transport)  # type: ignore[arg-type]
         feed = proto.data_received
@@ -218,6 +218,7 @@ def _run_protocol(n: int, request: bytes, per_connection: bool) -> float:
         elapsed = time.process_time() - t0
         assert proto.cycle is None and not transport.closing, "the request did not complete"
         proto.connection_lost(None)
+        worker.sweeper.close()
         return elapsed
 
     return uvloop.run(main())

@@ -28,9 +28,10 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
                                 "configuration ignored, keeping the current one")
         config = handover.config_from(state)
     if config.process.workers == 0:
+        from fastgate.supervisor.sockets import bind_all
         from fastgate.worker.server import run_single
 
-        return run_single(config)
+        return run_single(config, bind_all)
     from fastgate.supervisor.master import Master
 
     if not config.reload.reload:

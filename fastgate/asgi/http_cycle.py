@@ -69,6 +69,7 @@ class RequestCycle(AppCycle):
         "status",
         "headers",
         "body_bytes",
+        "start_time",
         "_expect_continue",
         "_body",
         "_body_size",
@@ -87,6 +88,7 @@ class RequestCycle(AppCycle):
         self.status = 0  # the response status, once known (for the access log)
         self.headers: Any = ()
         self.body_bytes = 0  # body bytes the app sent (for the access log)
+        self.start_time = 0.0  # perf_counter() when the head arrived, set by a protocol that logs
         self._expect_continue = expect_continue
         self._body: list[bytes] = []
         self._body_size = 0  # buffered body bytes; -1 once the final http.request went out

@@ -1,8 +1,12 @@
 """A worker: uvloop loop, lifespan, serving the listening sockets, graceful drain.
 
-Used in two ways: ``run_single`` (no master: bind, load, serve in this process) and
-``run_worker`` (called in a forked child with inherited sockets and a ``WorkerHooks``
-that reports to the master).
+The ``Worker`` is the host of its connections (``fastgate.worker.connection``): it holds
+the settings they read, the registry of open connections (HTTP and WebSocket alike), the
+drain state and the request counter, and it drives the drain over that one registry.
+
+Used in two ways: ``run_single`` (no master: load, serve in this process the listeners the
+runner bound) and ``run_worker`` (called in a forked child with inherited sockets and a
+``WorkerHooks`` that reports to the master).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
-from typing import Protocol
+from typing import Any, Protocol
 
 import uvloop
 
@@ -32,9 +36,11 @@ from fastgate.errors import (
     LifespanFailure,
 )
 from fastgate.logs import error_logger, reopen_files
-from fastgate.worker.context import WorkerContext
+from fastgate.worker.connection import Connection
+from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 from fastgate.worker.memory import keep_heap
 from fastgate.worker.protocol import HttpProtocol
+from fastgate.worker.settings import ServerSettings
 
 
 class WorkerHooks(Protocol):
@@ -51,13 +57,24 @@ class WorkerHooks(Protocol):
     def recycle(self) -> None: ...
 
 
+class Listening(Protocol):
+    """A bound listener, as ``run_single`` needs it (``supervisor.sockets.Listener``)."""
+
+    sock: socket.socket
+
+    @property
+    def display(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
 class Worker:
-    """Serve ``sockets`` with ``app`` until told to stop.
+    """Serve ``sockets`` with ``app`` until told to stop; the ``Host`` of its connections.
 
     Args:
         config: the configuration.
         app: the ASGI 3 app.
-        sockets: listening sockets (bound by the master or by ``run_single``).
+        sockets: listening sockets (bound by the master or by the runner).
         hooks: supervisor reporting, or None when running alone.
     """
 
@@ -72,7 +89,21 @@ class Worker:
         self.app = app
         self.sockets = list(sockets)
         self.hooks = hooks
-        self.ctx: WorkerContext | None = None
+        self.state: dict[str, Any] = {}  # the lifespan state
+        self.settings = ServerSettings(config, app, self.state)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # The registry: every open connection, HTTP or WebSocket. A drain waits until it is
+        # empty (all_closed), then for the tasks of what it had to abort.
+        self.connections: set[Connection] = set()
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
+        http = config.http
+        self.sweeper = DeadlineSweeper(self.connections, sweep_interval(http.timeout_keep_alive,
+                                                                           http.timeout_request_header))
+        self.ready = False
+        self.draining = False
+        self.requests_served = 0
+        self.max_requests: int | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.exit_code = EXIT_OK
         self._stop: asyncio.Event | None = None
@@ -85,30 +116,56 @@ class Worker:
 
     # ------------------------------------------------------------ lifecycle
 
+    # ------------------------------------------------------------ Host (for the connections)
+
+    def add(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self.all_closed.clear()
+        if self.loop is not None:
+            self.sweeper.wake(self.loop)
+
+    def discard(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self.all_closed.set()
+
+    def check_max_requests(self) -> None:
+        if self.requests_served != self.max_requests:
+            return
+        served = self.requests_served
+        if self.hooks is not None:
+            # Drain-first: serve on until the master has a ready replacement and sends SIGTERM.
+            error_logger.info("Served %d requests (--limit-max-requests): asking the master for a replacement",
+                              served)
+            self.hooks.recycle()
+            return
+        error_logger.info("Served %d requests (--limit-max-requests): recycling this worker", served)
+        self.stop()
+
+    # ------------------------------------------------------------ lifecycle
+
     async def serve(self) -> int:
         """Run until stopped; returns the exit code."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         config = self.config
-        lifespan = Lifespan(self.app, config.app.lifespan, config.app.timeout_lifespan)
+        lifespan = Lifespan(self.app, config.app.lifespan, config.app.timeout_lifespan, state=self.state)
         try:
             await lifespan.startup()
         except LifespanFailure as exc:
             error_logger.error("%s", exc)
             return EXIT_BOOT_FAILED
-        ctx = self.ctx = WorkerContext(config, self.app, lifespan.state)
         limit = config.http.limit_max_requests
         if limit is not None:
             jitter = config.http.limit_max_requests_jitter
-            ctx.max_requests = limit + (int.from_bytes(os.urandom(4), "big") % (jitter + 1) if jitter else 0)
-            ctx.on_max_requests = self._on_max_requests
+            self.max_requests = limit + (int.from_bytes(os.urandom(4), "big") % (jitter + 1) if jitter else 0)
         if config.http.date_header:
             self._tick_date()
         backlog = config.bind.backlog
         for sock in self.sockets:
-            server = await loop.create_server(lambda: HttpProtocol(ctx), sock=sock, backlog=backlog)
+            server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog)
             self.servers.append(server)
-        ctx.ready = True
+        self.ready = True
         if self.on_serving is not None:
             self.on_serving()
         if self.hooks is not None:
@@ -118,6 +175,7 @@ class Worker:
         await self._drain()
         await lifespan.shutdown()
         self._cancel_timers()
+        self.sweeper.close()
         return self.exit_code
 
     @property
@@ -129,67 +187,45 @@ class Worker:
         """Ask the worker to drain (graceful) or to close everything now."""
         if not graceful:
             self._force = True
-            if self.ctx is not None:
-                for conn in list(self.ctx.connections):
-                    conn.abort()
-                for ws in list(self.ctx.websockets):
-                    ws.abort()
+            for connection in list(self.connections):
+                connection.abort()
         if self._stop is not None:
             self._stop.set()
 
-    def _on_max_requests(self) -> None:
-        served = self.ctx.requests_served if self.ctx else 0
-        if self.hooks is not None:
-            # Drain-first: serve on until the master has a ready replacement and sends SIGTERM.
-            error_logger.info("Served %d requests (--limit-max-requests): asking the master for a replacement",
-                              served)
-            self.hooks.recycle()
-            return
-        error_logger.info("Served %d requests (--limit-max-requests): recycling this worker", served)
-        self.stop()
-
     async def _drain(self) -> None:
-        ctx = self.ctx
-        assert ctx is not None
         delay = self.config.process.shutdown_delay
         if delay > 0 and not self._force:
             # Readiness answers 503 while we still serve, so the load balancer moves away
             # before the listener closes (Kubernetes endpoint propagation).
-            ctx.ready = False
+            self.ready = False
             await asyncio.sleep(delay)
-        ctx.draining = True
+        self.draining = True
         if self.hooks is not None:
             self.hooks.draining()
         for server in self.servers:
             server.close()
-        for conn in list(ctx.connections):
-            conn.shutdown()
-        for ws in list(ctx.websockets):
-            ws.shutdown()
-        if ctx.connections or ctx.websockets:
+        for connection in list(self.connections):
+            connection.shutdown()
+        if self.connections:
             timeout = self.config.process.timeout_graceful_shutdown
             try:
-                await asyncio.wait_for(ctx.all_closed.wait(), timeout)
+                await asyncio.wait_for(self.all_closed.wait(), timeout)
             except TimeoutError:
-                error_logger.warning(
-                    "%d connection(s) still open after --timeout-graceful-shutdown %gs: closing them",
-                    len(ctx.connections) + len(ctx.websockets), timeout,
-                )
-                for conn in list(ctx.connections):
-                    conn.abort()
-                for ws in list(ctx.websockets):
-                    ws.abort()
-        # Let cancelled request tasks run their cleanup before lifespan shutdown.
-        tasks = [c.task for c in ctx.connections if c.task is not None and not c.task.done()]
+                error_logger.warning("%d connection(s) still open after --timeout-graceful-shutdown %gs: closing them",
+                                     len(self.connections), timeout)
+                for connection in list(self.connections):
+                    connection.abort()
+        # Let cancelled tasks (requests and WebSockets alike) run their cleanup before
+        # lifespan shutdown.
+        tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
 
     # ------------------------------------------------------------ timers
 
     def _tick_date(self) -> None:
-        assert self.ctx is not None
         loop = asyncio.get_running_loop()
-        self.ctx.defaults.date = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+        self.settings.defaults.date = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
         # Re-arm at the next wall-clock second so the header changes when the second does.
         self._date_timer = loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._tick_date)
 
@@ -341,10 +377,14 @@ def run_worker(
         return runner.run(main())
 
 
-def run_single(config: Config) -> int:
-    """Bind, load and serve in this one process (``--workers 0``)."""
-    from fastgate.supervisor.sockets import bind_all
+def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) -> int:
+    """Load and serve in this one process (``--workers 0``).
 
+    Args:
+        config: the configuration.
+        bind: binds the listeners (the runner passes ``supervisor.sockets.bind_all``: the
+            worker layer never imports the supervisor's).
+    """
     keep_heap()
     try:
         app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
@@ -353,7 +393,7 @@ def run_single(config: Config) -> int:
         report_app_load_error(exc)
         return EXIT_APP_LOAD_FAILED
     try:
-        listeners = bind_all(config)
+        listeners = bind(config)
     except BindError as exc:
         print(f"fastgate: error: {exc}", file=sys.stderr)
         return EXIT_BOOT_FAILED

@@ -8,7 +8,8 @@ request arrived; from then on this class moves bytes between the transport and t
   ``ws_ping_timeout`` fails the connection with 1011. A pong cannot be read while reading
   is paused for backpressure, so the timeout is then postponed, not fired.
 * close: once the session expects the TCP connection to end (closing handshake done or
-  failed), the peer gets ``CLOSE_TIMEOUT`` seconds to close its side before we abort.
+  failed), the peer gets ``CLOSE_TIMEOUT`` seconds to close its side before we abort. This
+  is the connection's ``deadline``, polled by the worker's sweeper like the HTTP ones.
 
 Flushing follows websockets' sans-I/O guide: after every session call, write
 ``data_to_send()``; ``b""`` means half-close (``write_eof``, or close when the transport
@@ -20,41 +21,38 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 from fastgate.asgi.types import Scope
 from fastgate.asgi.ws_cycle import WebSocketCycle
+from fastgate.worker.connection import Host
 from fastgate.worker.flow import READ_BACKLOG, READ_HANDSHAKE, FlowControl
+from fastgate.worker.output import WriteBuffer
 from fastgate.ws.session import PENDING_LIMIT, WebSocketSession, deflate_factory
-
-if TYPE_CHECKING:
-    from fastgate.worker.context import WorkerContext
 
 ws_logger = logging.getLogger("fastgate.ws")
 
 # Seconds the peer has to close TCP after the closing handshake (websockets' default).
 CLOSE_TIMEOUT = 10.0
-# Bytes of outgoing frames held back to coalesce writes within one loop iteration.
-COALESCE_LIMIT = 64 * 1024
 
 
 class WebSocketProtocol(asyncio.Protocol):
     """One upgraded connection speaking WebSocket.
 
     Args:
-        ctx: the worker context (settings, app, registry).
+        worker: the worker serving it.
         transport: the transport taken over from ``HttpProtocol``.
         flow: its flow-control state (write pauses carry over).
         scope: the ASGI websocket scope.
     """
 
-    def __init__(self, ctx: WorkerContext, transport: asyncio.Transport, flow: FlowControl,
-                 scope: Scope) -> None:
-        settings = ctx.config.websocket
-        self.ctx = ctx
-        self.loop = ctx.loop or asyncio.get_running_loop()
+    def __init__(self, worker: Host, transport: asyncio.Transport, flow: FlowControl, scope: Scope) -> None:
+        settings = worker.settings.websocket
+        self.worker = worker
+        self.loop = loop = worker.loop or asyncio.get_running_loop()
         self.transport = transport
         self.flow = flow
+        self.out = WriteBuffer(transport, loop)
+        self.deadline = 0.0  # the close timeout, once armed
         self.session = WebSocketSession(
             max_size=settings.ws_max_size,
             extensions=[deflate_factory()] if settings.ws_per_message_deflate else [],
@@ -66,21 +64,17 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_timeout = settings.ws_ping_timeout
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
         self._handshake_paused = False
         self._closed = False
         self._released = False
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._out_scheduled = False
 
     def start(self, method: str, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]],
               remainder: bytes) -> None:
         """Check the handshake; if valid run the app, then process ``remainder``."""
         session = self.session
-        self.ctx.register_websocket(self)
+        self.worker.add(self)
         if session.receive_request(method, target, http_version, headers):
-            self.task = self.loop.create_task(self.cycle.run(self.ctx.app))
+            self.task = self.loop.create_task(self.cycle.run(self.worker.settings.app))
             self.task.add_done_callback(self._task_done)
         if remainder:
             self.data_received(remainder)
@@ -105,12 +99,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self.session.receive_eof()
         self.flush()
         # Returning None closes the transport: write what is held back first.
-        self._write_out()
+        self.out.flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._out.clear()
+        self.out.close()
+        self.deadline = 0.0
         self._cancel_timers()
         self.flow.connection_lost()
         self.session.connection_lost()
@@ -129,15 +124,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self.flush()
 
     def write(self, data: bytes) -> None:
-        self._out.append(data)
-        self._write_out()
+        self.out.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        self._out.extend(parts)
-        self._write_out()
+        self.out.writelines(parts)
 
     def close(self) -> None:
-        self._write_out()
+        self.out.flush()
         self.transport.close()
 
     def is_closing(self) -> bool:
@@ -147,29 +140,22 @@ class WebSocketProtocol(asyncio.Protocol):
         """Write what the session has to send, then hand its events to the app."""
         session = self.session
         if not self._closed:
-            out = self._out
+            out = self.out
             for data in session.data_to_send():
                 if data:
-                    out.append(data)
-                    self._out_size += len(data)
+                    # Messages sent during one loop iteration leave in one write (one
+                    # syscall instead of one per message).
+                    out.gather()
+                    out.write(data)
                 else:
-                    self._write_out()
+                    out.flush()
                     transport = self.transport
                     if transport.can_write_eof():
                         transport.write_eof()
                     else:
                         transport.close()
-            if out:
-                if self._out_size >= COALESCE_LIMIT:
-                    self._write_out()
-                elif not self._out_scheduled:
-                    # Messages sent during one loop iteration leave in one write (one
-                    # syscall instead of one per message); the size bound above keeps
-                    # a producer that never yields from piling up bytes here.
-                    self._out_scheduled = True
-                    self.loop.call_soon(self._scheduled_write)
-            if session.close_expected() and self._close_timer is None:
-                self._close_timer = self.loop.call_later(CLOSE_TIMEOUT, self._on_close_timeout)
+            if self.deadline == 0.0 and session.close_expected():
+                self.deadline = self.loop.time() + CLOSE_TIMEOUT
         else:
             session.data_to_send()
         self._dispatch()
@@ -178,17 +164,6 @@ class WebSocketProtocol(asyncio.Protocol):
             self._resume_reading(READ_HANDSHAKE)
         if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not self._closed:
             self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
-
-    def _scheduled_write(self) -> None:
-        self._out_scheduled = False
-        self._write_out()
-
-    def _write_out(self) -> None:
-        out = self._out
-        if out and not self._closed and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-        self._out_size = 0
 
     def _dispatch(self) -> None:
         events = self.session.events_received()
@@ -228,7 +203,7 @@ class WebSocketProtocol(asyncio.Protocol):
         elif self.session.protocol.eof_sent:
             # Our side is finished (close frame and EOF sent): waiting for the peer to
             # close TCP is pointless when the process is going away.
-            self._write_out()
+            self.out.flush()
             self.transport.close()
             return
         self.flush()
@@ -247,7 +222,7 @@ class WebSocketProtocol(asyncio.Protocol):
         # waits for the app to handle websocket.disconnect.
         if self._closed and (self.task is None or self.task.done()) and not self._released:
             self._released = True
-            self.ctx.unregister_websocket(self)
+            self.worker.discard(self)
             # Both sides are done: the cycle (whose channel is this object) goes, so nothing
             # refers back here and the connection is freed at once, not by the cyclic GC.
             del self.cycle
@@ -278,8 +253,9 @@ class WebSocketProtocol(asyncio.Protocol):
         session.fail(1011, "keepalive ping timeout")
         self.flush()
 
-    def _on_close_timeout(self) -> None:
-        self._close_timer = None
+    def on_deadline(self) -> None:
+        """The peer did not close TCP within CLOSE_TIMEOUT of the closing handshake."""
+        self.deadline = 0.0
         self._abort_transport()
 
     def _abort_transport(self) -> None:
@@ -287,10 +263,10 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.abort()
             # connection_lost comes on the next iteration; nothing may be written before.
             self._closed = True
-            self._out.clear()
+            self.out.close()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._ping_timer, self._pong_timer, self._close_timer):
+        for timer in (self._ping_timer, self._pong_timer):
             if timer is not None:
                 timer.cancel()
-        self._ping_timer = self._pong_timer = self._close_timer = None
+        self._ping_timer = self._pong_timer = None

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from fastgate import config as cfg
-from fastgate.worker.context import WorkerContext
 from fastgate.worker.protocol import HttpProtocol
+from fastgate.worker.server import Worker
 from tests import apps
 
 
@@ -70,16 +70,17 @@ class FakeTransport:
         return data
 
 
-def make_ctx(app: Any = apps.http_app, **options: Any) -> WorkerContext:
+def make_worker(app: Any = apps.http_app, **options: Any) -> Worker:
     config = cfg.build({"app": "x:y", **options})
-    ctx = WorkerContext(config, app, {"from": "lifespan"})
-    ctx.ready = True
-    return ctx
+    worker = Worker(config, app, [])
+    worker.state["from"] = "lifespan"
+    worker.ready = True
+    return worker
 
 
-def connect(ctx: WorkerContext, transport: FakeTransport | None = None) -> tuple[HttpProtocol, FakeTransport]:
+def connect(worker: Worker, transport: FakeTransport | None = None) -> tuple[HttpProtocol, FakeTransport]:
     transport = transport or FakeTransport()
-    protocol = HttpProtocol(ctx)
+    protocol = HttpProtocol(worker)
     transport.protocol = protocol
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
@@ -102,23 +103,23 @@ GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 def test_request_response_and_keep_alive_timer() -> None:
     async def main() -> None:
-        ctx = make_ctx(timeout_keep_alive=0.05)
-        protocol, transport = connect(ctx)
-        assert protocol in ctx.connections and not ctx.all_closed.is_set()
+        worker = make_worker(timeout_keep_alive=0.05)
+        protocol, transport = connect(worker)
+        assert protocol in worker.connections and not worker.all_closed.is_set()
         protocol.data_received(GET)
         await until(lambda: b"Hello, world!" in transport.written)
         assert transport.take().startswith(b"HTTP/1.1 200 OK\r\n")
-        assert protocol.deadline > 0 and protocol._deadline_idle
+        assert protocol.deadline > 0 and protocol._idle
         await until(lambda: transport.closing)  # idle keep-alive expired
-        await until(lambda: ctx.all_closed.is_set())
-        assert protocol not in ctx.connections and ctx.requests_served == 1
+        await until(lambda: worker.all_closed.is_set())
+        assert protocol not in worker.connections and worker.requests_served == 1
 
     run(main)
 
 
 def test_pipelining_pauses_reading_until_the_response() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET /slow?delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
         assert not transport.reading  # the second request waits: stop reading
         await until(lambda: transport.written.count(b"HTTP/1.1 200") == 2)
@@ -131,7 +132,7 @@ def test_pipelining_pauses_reading_until_the_response() -> None:
 
 def test_bad_request_is_answered_and_closed(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")
         assert transport.take().startswith(b"HTTP/1.1 400 Bad Request\r\n")
         assert transport.closing
@@ -143,7 +144,7 @@ def test_bad_request_is_answered_and_closed(caplog: pytest.LogCaptureFixture) ->
 
 def test_bad_body_after_the_response_started_just_closes() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"POST /wait-disconnect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         await until(lambda: b"waiting" in transport.written)
         protocol.data_received(b"zz\r\n")
@@ -155,7 +156,7 @@ def test_bad_body_after_the_response_started_just_closes() -> None:
 
 def test_bad_body_before_the_response_gets_400() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         assert transport.take().startswith(b"HTTP/1.1 400 ")
         await asyncio.sleep(0.01)  # the app sees http.disconnect and ends quietly
@@ -165,7 +166,7 @@ def test_bad_body_before_the_response_gets_400() -> None:
 
 def test_header_deadline(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx(timeout_request_header=0.05))
+        protocol, transport = connect(make_worker(timeout_request_header=0.05))
         protocol.data_received(b"GET / HTTP/1.1\r\n")
         await until(lambda: transport.closing)
         assert transport.take().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -177,13 +178,13 @@ def test_header_deadline(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_header_deadline_is_armed_for_the_next_request_only_when_bytes_arrive() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx(timeout_request_header=0.05, timeout_keep_alive=30))
+        protocol, transport = connect(make_worker(timeout_request_header=0.05, timeout_keep_alive=30))
         protocol.data_received(GET)
         await until(lambda: b"Hello" in transport.written)
         transport.take()
-        assert protocol._deadline_idle
+        assert protocol._idle
         protocol.data_received(b"GET / HT")  # a new head starts: now it has a deadline
-        assert protocol.deadline > 0 and not protocol._deadline_idle
+        assert protocol.deadline > 0 and not protocol._idle
         await until(lambda: transport.closing)
         assert transport.take().startswith(b"HTTP/1.1 408 ")
 
@@ -192,7 +193,7 @@ def test_header_deadline_is_armed_for_the_next_request_only_when_bytes_arrive() 
 
 def test_eof_with_a_request_in_flight_answers_then_closes() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET /slow?delay=0.02 HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
         assert protocol.eof_received() is True
         await until(lambda: transport.closing)
@@ -203,7 +204,7 @@ def test_eof_with_a_request_in_flight_answers_then_closes() -> None:
 
 def test_eof_when_idle_lets_the_transport_close() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         assert protocol.eof_received() is None
         transport.close()
         await asyncio.sleep(0)
@@ -213,7 +214,7 @@ def test_eof_when_idle_lets_the_transport_close() -> None:
 
 def test_connection_lost_wakes_the_app() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET /wait-disconnect HTTP/1.1\r\nHost: t\r\n\r\n")
         await until(lambda: b"waiting" in transport.written)
         task = protocol.task
@@ -226,7 +227,7 @@ def test_connection_lost_wakes_the_app() -> None:
 
 def test_request_body_backpressure() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         size = 512 * 1024
         protocol.data_received(b"POST /stall-upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
         for _ in range(8):
@@ -243,7 +244,7 @@ def test_request_body_backpressure() -> None:
 
 def test_write_backpressure_through_flow_control() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.pause_writing()
         protocol.data_received(b"GET /stream?n=3 HTTP/1.1\r\nHost: t\r\n\r\n")
         await until(lambda: b"chunk 0" in transport.written)
@@ -257,14 +258,14 @@ def test_write_backpressure_through_flow_control() -> None:
 
 def test_limit_concurrency_sheds_with_503() -> None:
     async def main() -> None:
-        ctx = make_ctx(limit_concurrency=1)
-        first, t1 = connect(ctx)
-        second, t2 = connect(ctx)
+        worker = make_worker(limit_concurrency=1)
+        first, t1 = connect(worker)
+        second, t2 = connect(worker)
         second.data_received(GET)
         data = t2.take()
         assert data.startswith(b"HTTP/1.1 503 ") and b"connection: close" in data
         assert t2.closing
-        await until(lambda: second not in ctx.connections)
+        await until(lambda: second not in worker.connections)
         first.data_received(GET)
         await until(lambda: b"Hello" in t1.written)
 
@@ -273,16 +274,16 @@ def test_limit_concurrency_sheds_with_503() -> None:
 
 def test_probes_answered_by_the_server_and_keep_alive() -> None:
     async def main() -> None:
-        ctx = make_ctx(health_path="/healthz", ready_path="/readyz")
-        protocol, transport = connect(ctx)
+        worker = make_worker(health_path="/healthz", ready_path="/readyz")
+        protocol, transport = connect(worker)
         protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
         data = transport.take()
         assert data.count(b"HTTP/1.1 200 OK") == 2 and b"connection: close" not in data
-        assert not transport.closing and ctx.requests_served == 2
-        ctx.ready = False
+        assert not transport.closing and worker.requests_served == 2
+        worker.ready = False
         protocol.data_received(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
         assert transport.take().startswith(b"HTTP/1.1 503 ")
-        ctx.ready, ctx.draining = True, True
+        worker.ready, worker.draining = True, True
         protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         data = transport.take()
         assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data
@@ -293,12 +294,12 @@ def test_probes_answered_by_the_server_and_keep_alive() -> None:
 
 def test_shutdown_closes_idle_and_marks_busy() -> None:
     async def main() -> None:
-        ctx = make_ctx(timeout_keep_alive=0.2)
-        idle, t_idle = connect(ctx)
+        worker = make_worker(timeout_keep_alive=0.2)
+        idle, t_idle = connect(worker)
         idle.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         await until(lambda: b"200 OK" in t_idle.written)  # answered, now idle between requests
-        fresh, t_fresh = connect(ctx)
-        busy, t_busy = connect(ctx)
+        fresh, t_fresh = connect(worker)
+        busy, t_busy = connect(worker)
         busy.data_received(b"GET /slow?delay=0.05 HTTP/1.1\r\nHost: t\r\n\r\n")
         await asyncio.sleep(0)
         for protocol in (idle, fresh, busy):
@@ -315,8 +316,8 @@ def test_shutdown_closes_idle_and_marks_busy() -> None:
         assert b"connection: close" in t_fresh.written
         await until(lambda: t_busy.closing)
         assert b"connection: close" in t_busy.written
-        ctx.draining = True
-        late, t_late = connect(ctx)  # accepted while draining: served once, then closed
+        worker.draining = True
+        late, t_late = connect(worker)  # accepted while draining: served once, then closed
         late.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         await until(lambda: t_late.closing)
         assert b"200 OK" in t_late.written and b"connection: close" in t_late.written
@@ -326,7 +327,7 @@ def test_shutdown_closes_idle_and_marks_busy() -> None:
 
 def test_abort_cancels_the_app() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET /slow?delay=30 HTTP/1.1\r\nHost: t\r\n\r\n")
         await asyncio.sleep(0.01)
         task = protocol.task
@@ -341,7 +342,7 @@ def test_abort_cancels_the_app() -> None:
 
 def test_websocket_upgrade_is_handed_to_the_websocket_protocol() -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx())
+        protocol, transport = connect(make_worker())
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         await asyncio.sleep(0.01)
@@ -359,7 +360,7 @@ def test_unix_socket_peer_scope_and_trust() -> None:
         try:
             transport = FakeTransport(peer="", local="/run/fg.sock")
             transport.extra["socket"] = a
-            protocol, transport = connect(make_ctx(), transport)
+            protocol, transport = connect(make_worker(), transport)
             assert protocol.info.client is None and protocol.info.server == ("/run/fg.sock", None)
             assert protocol.info.proxy_trusted
             protocol.data_received(b"GET /root-info HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
@@ -374,7 +375,7 @@ def test_unix_socket_peer_scope_and_trust() -> None:
 
 def test_access_log_line(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx(access_log_format='%(h)s "%(r)s" %(s)s %(b)s'))
+        protocol, transport = connect(make_worker(access_log_format='%(h)s "%(r)s" %(s)s %(b)s'))
         protocol.data_received(b"GET /?x=%0a HTTP/1.1\r\nHost: t\r\n\r\n")
         await until(lambda: b"Hello" in transport.written)
 
@@ -385,7 +386,7 @@ def test_access_log_line(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_json_access_log_record(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
-        protocol, transport = connect(make_ctx(log_format="json"))
+        protocol, transport = connect(make_worker(log_format="json"))
         protocol.data_received(GET)
         await until(lambda: b"Hello" in transport.written)
 
@@ -397,10 +398,10 @@ def test_json_access_log_record(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_early_response_lingers_while_the_client_uploads() -> None:
     async def main() -> None:
-        ctx = make_ctx()
+        worker = make_worker()
         transport = FakeTransport()
         transport.half_close = True
-        protocol, transport = connect(ctx, transport)
+        protocol, transport = connect(worker, transport)
         protocol.data_received(b"POST /reject-early HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nabc")
         await until(lambda: transport.eof_written)
         assert transport.take().startswith(b"HTTP/1.1 413 ")
@@ -410,24 +411,24 @@ def test_early_response_lingers_while_the_client_uploads() -> None:
         lingering.data_received(b"x" * 50000)  # discarded
         assert lingering.eof_received() is None
         transport.close()
-        await until(lambda: protocol not in ctx.connections)
+        await until(lambda: protocol not in worker.connections)
 
     run(main)
 
 
 def test_linger_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastgate.worker import protocol as protocol_module
+    from fastgate.worker import linger
 
-    monkeypatch.setattr(protocol_module, "LINGER_SECONDS", 0.05)
+    monkeypatch.setattr(linger, "LINGER_SECONDS", 0.05)
 
     async def main() -> None:
-        ctx = make_ctx()
+        worker = make_worker()
         transport = FakeTransport()
         transport.half_close = True
-        protocol, transport = connect(ctx, transport)
+        protocol, transport = connect(worker, transport)
         protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")  # 400: maybe more is coming
         assert transport.eof_written and not transport.closing
         await until(lambda: transport.closing)
-        await until(lambda: protocol not in ctx.connections)
+        await until(lambda: protocol not in worker.connections)
 
     run(main)

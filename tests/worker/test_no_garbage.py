@@ -17,8 +17,8 @@ import pytest
 import uvloop
 
 from fastgate import config as cfg
-from fastgate.worker.context import WorkerContext
 from fastgate.worker.protocol import HttpProtocol
+from fastgate.worker.server import Worker
 from fastgate.worker.websocket import WebSocketProtocol
 from tests import apps
 
@@ -44,20 +44,20 @@ async def _ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def _serve(app: Any, client: Any, count: int) -> list[Any]:
-    ctx = WorkerContext(cfg.build({"app": "x:y"}), app)
-    ctx.ready = True
+    worker = Worker(cfg.build({"app": "x:y"}), app, [])
+    worker.ready = True
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HttpProtocol(ctx), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: HttpProtocol(worker), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     answers = []
     try:
         for _ in range(count):
             answers.append(await asyncio.wait_for(client(port), 5))
-        await asyncio.wait_for(ctx.all_closed.wait(), 5)
+        await asyncio.wait_for(worker.all_closed.wait(), 5)
     finally:
         server.close()
         await server.wait_closed()
-        ctx.sweeper.close()
+        worker.sweeper.close()
     return answers
 
 

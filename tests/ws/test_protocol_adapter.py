@@ -15,8 +15,8 @@ from fastgate.config import Config, WebSocketSettings
 from fastgate.http.events import UpgradeRequest
 from fastgate.http.h1 import H1Connection
 from fastgate.worker import websocket as ws_module
-from fastgate.worker.context import WorkerContext
 from fastgate.worker.protocol import HttpProtocol
+from fastgate.worker.server import Worker
 from fastgate.worker.websocket import WebSocketProtocol
 from fastgate.ws.session import PENDING_LIMIT
 
@@ -98,9 +98,9 @@ class Client:
 
 def connect(app: Any, request: bytes, **ws_settings: Any) -> tuple[FakeTransport, HttpProtocol]:
     config = Config(websocket=WebSocketSettings(**ws_settings))
-    ctx = WorkerContext(config, app)
+    worker = Worker(config, app, [])
     transport = FakeTransport()
-    http = HttpProtocol(ctx)
+    http = HttpProtocol(worker)
     http.connection_made(transport)  # type: ignore[arg-type]
     http.data_received(request)
     return transport, http
@@ -127,9 +127,9 @@ async def test_upgrade_hands_the_transport_over_and_registers_the_websocket():
     transport, http = connect(echo_app, client.request())
     ws = transport.protocol
     assert isinstance(ws, WebSocketProtocol)
-    ctx = http.ctx
-    assert ctx.websockets == {ws} and ctx.connections == set()
-    assert not ctx.all_closed.is_set()
+    worker = http.worker
+    assert worker.connections == {ws}
+    assert not worker.all_closed.is_set()
     await until(lambda: transport.written)
     assert isinstance(client.read(transport)[0], Response)
     ws.data_received(client.send(lambda c: c.send_text(b"ping?")))
@@ -137,7 +137,7 @@ async def test_upgrade_hands_the_transport_over_and_registers_the_websocket():
     assert [bytes(f.data) for f in client.read(transport)] == [b"ping?"]
     ws.connection_lost(None)
     await until(lambda: ws.task.done())
-    assert ctx.websockets == set() and ctx.all_closed.is_set()
+    assert worker.connections == set() and worker.all_closed.is_set()
 
 
 @async_test

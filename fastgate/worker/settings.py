@@ -1,0 +1,49 @@
+"""What every connection of a worker reads, worked out once from the configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastgate.asgi.scope import ProxyTrust
+from fastgate.asgi.types import ASGIApp
+from fastgate.config import Config, parse_networks
+from fastgate.http.h1 import DefaultHeaders, H1Limits
+from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
+from fastgate.worker.probes import Probes
+
+
+class ServerSettings:
+    """The per-worker constants of every connection: limits, headers, timeouts, the app.
+
+    Args:
+        config: the configuration.
+        app: the ASGI 3 app.
+        state: the lifespan state (filled at startup, copied into every scope).
+    """
+
+    def __init__(self, config: Config, app: ASGIApp, state: dict[str, Any]) -> None:
+        http = config.http
+        self.app = app
+        self.state = state
+        self.root_path = config.app.root_path
+        self.websocket = config.websocket
+        self.limits = H1Limits(
+            max_request_line=http.limit_request_line,
+            max_header_count=http.limit_request_fields,
+            max_header_size=http.limit_request_field_size,
+            websocket=config.websocket.ws != "none",
+        )
+        extra: list[tuple[bytes, bytes]] = []
+        for header in http.headers:
+            name, _, value = header.partition(":")
+            extra.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+        self.defaults = DefaultHeaders(server=b"fastgate" if http.server_header else None, extra=extra)
+        self.trust = ProxyTrust(parse_networks(http.forwarded_allow_ips), enabled=http.proxy_headers)
+        self.timeout_keep_alive = http.timeout_keep_alive
+        self.timeout_request_header = http.timeout_request_header
+        self.limit_concurrency = http.limit_concurrency
+        self.probes = Probes.from_paths(http.health_path, http.ready_path)
+        self.rejections = RateLimitedLog(error_logger)
+        self.access_formatter: AccessFormatter | None = None
+        if config.log.access_log and not access_logger.disabled:
+            self.access_formatter = AccessFormatter(config.log.access_log_format, config.log.log_format == "json")
