@@ -1,15 +1,18 @@
 """One WebSocket connection as ASGI ``receive`` / ``send`` (www spec 2.5).
 
-``WebSocketCycle`` enforces the order of ASGI messages with ``ASGIWebSocketState`` and
-keeps the bounded queue of incoming messages; the protocol work is the session's
-(``fastgate.ws.session``) and the I/O is the channel's. After every session call the cycle
-tells the channel (``state_changed``): it writes what the session has to send and hands
-the session's new events back through ``feed``. App errors are handled by the boundary
-both cycles share (``fastgate.asgi.cycle``).
+``WebSocketCycle`` checks the order of the app's messages and turns them into calls on the
+``WebSocketSession``; after each call it tells the channel (``state_changed``), which
+writes what the session has to send and puts the session's new events in the ``Inbox``.
+The app's ``receive`` takes them from there.
 
-Backpressure: when ``max_queue`` messages wait for the app, the cycle pauses reading, so a
-fast client fills the kernel buffers (and then its own) instead of our memory; reading
-resumes once the app has taken half of them.
+The cycle keeps no state machine of its own: ``state`` (``ASGIWebSocketState``) is read
+from the session's, plus whether a denial response has been started. Nothing refers back
+from the connection to the cycle either: the adapter holds the session and the inbox, the
+cycle holds them and the channel, so a finished WebSocket is freed by reference counting.
+
+Backpressure: when ``max_queue`` messages wait for the app, the inbox tells the adapter to
+pause reading, so a fast client fills the kernel buffers (and then its own) instead of our
+memory; reading resumes once the app has taken half of them.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from fastgate.asgi.channel import Channel
 from fastgate.asgi.cycle import AppCycle
 from fastgate.asgi.types import Message, Scope
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
 from fastgate.fields import status_code
-from fastgate.ws.session import WebSocketSession, checked_headers
+from fastgate.ws.session import SessionState, WebSocketSession, checked_headers
 
 logger = logging.getLogger("fastgate.error")
 
@@ -37,7 +40,69 @@ class ASGIWebSocketState(enum.Enum):
     CLOSED = "closed"  # the app sent close, finished a denial response, or was answered
 
 
-_CONNECT: Message = {"type": "websocket.connect"}
+_CONNECTING: Final = ASGIWebSocketState.CONNECTING
+_RESPONSE: Final = ASGIWebSocketState.RESPONSE
+_CONNECTED: Final = ASGIWebSocketState.CONNECTED
+_CLOSED: Final = ASGIWebSocketState.CLOSED
+_SESSION_OPEN: Final = SessionState.OPEN
+_SESSION_HANDSHAKE: Final = SessionState.HANDSHAKE
+
+_CONNECT: Final[Message] = {"type": "websocket.connect"}
+# What the app may send; once the client is gone, each of these raises ClientDisconnected.
+_APP_MESSAGES: Final = frozenset(("websocket.accept", "websocket.send", "websocket.close",
+                                  "websocket.http.response.start", "websocket.http.response.body"))
+_TEXT_PLAIN: Final = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class Inbox:
+    """Messages from the session waiting for the app's ``receive``.
+
+    The adapter puts (``put`` says when the queue just filled up, to pause reading); the
+    cycle takes (``get``, then ``drained`` says when to resume).
+
+    Args:
+        max_queue: messages buffered before reading pauses.
+    """
+
+    __slots__ = ("max_queue", "_queue", "_disconnect", "_waiter")
+
+    def __init__(self, max_queue: int = 32) -> None:
+        self.max_queue = max_queue
+        self._queue: deque[Message] = deque()
+        self._disconnect: Message | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, message: Message) -> bool:
+        """Queue a ``websocket.receive`` or ``websocket.disconnect``; True when the queue is now full."""
+        full = False
+        if message["type"] == "websocket.disconnect":
+            self._disconnect = message
+        else:
+            queue = self._queue
+            queue.append(message)
+            full = len(queue) == self.max_queue
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return full
+
+    async def get(self) -> tuple[Message, bool]:
+        """The next message, and whether taking it brought the queue down to half (resume reading).
+
+        Going down from full passes that mark exactly once (one message at a time); when
+        reading was not paused, resuming is a no-op.
+        """
+        while True:
+            queue = self._queue
+            if queue:
+                message = queue.popleft()
+                return message, len(queue) == self.max_queue // 2
+            if self._disconnect is not None:
+                return dict(self._disconnect), False
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
 
 
 class WebSocketCycle(AppCycle):
@@ -47,59 +112,30 @@ class WebSocketCycle(AppCycle):
         scope: the ASGI websocket scope.
         session: the sans-I/O session (handshake already validated).
         channel: the connection's I/O.
-        max_queue: incoming messages buffered before reading pauses.
+        inbox: where the connection puts the session's events.
     """
 
-    __slots__ = (
-        "session",
-        "channel",
-        "state",
-        "max_queue",
-        "_queue",
-        "_connect_sent",
-        "_disconnect",
-        "_waiter",
-        "_status",
-        "_headers",
-        "_body",
-    )
+    __slots__ = ("session", "channel", "inbox", "_connect_sent", "_denial", "_body")
 
-    def __init__(self, scope: Scope, session: WebSocketSession, channel: Channel, max_queue: int = 32) -> None:
+    def __init__(self, scope: Scope, session: WebSocketSession, channel: Channel, inbox: Inbox) -> None:
         self.scope = scope
+        self._refused = None
         self.session = session
         self.channel = channel
-        self.state = ASGIWebSocketState.CONNECTING
-        self.max_queue = max_queue
-        self._queue: deque[Message] = deque()
+        self.inbox = inbox
         self._connect_sent = False
-        self._disconnect: Message | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._status = 0
-        self._headers: Any = ()
+        self._denial: tuple[int, list[Any]] | None = None  # status and headers of a started denial
         self._body: list[bytes] = []
-        self._refused = None
-
-    # ----------------------------------------------------------- from the protocol
-
-    def feed(self, message: Message) -> None:
-        """A message from the session: ``websocket.receive`` or ``websocket.disconnect``."""
-        if message["type"] == "websocket.disconnect":
-            self._disconnect = message
-        else:
-            self._queue.append(message)
-            if len(self._queue) == self.max_queue:
-                # Full: stop reading until the app has taken half (receive). The channel
-                # keeps the pause; the queue length alone says when to lift it.
-                self.channel.pause_reading()
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     @property
-    def disconnected(self) -> bool:
-        return self._disconnect is not None
+    def state(self) -> ASGIWebSocketState:
+        """Where the exchange stands for the app, read from the session."""
+        session_state = self.session.state
+        if session_state is _SESSION_OPEN:
+            return _CONNECTED
+        if session_state is _SESSION_HANDSHAKE:
+            return _CONNECTING if self._denial is None else _RESPONSE
+        return _CLOSED
 
     # ----------------------------------------------------------- ASGI callables
 
@@ -107,60 +143,49 @@ class WebSocketCycle(AppCycle):
         if not self._connect_sent:
             self._connect_sent = True
             return dict(_CONNECT)
-        while True:
-            queue = self._queue
-            if queue:
-                message = queue.popleft()
-                if len(queue) == self.max_queue // 2:
-                    # Going down from full passes here exactly once (one message at a time);
-                    # when reading was not paused, resuming is a no-op.
-                    self.channel.resume_reading()
-                return message
-            if self._disconnect is not None:
-                return dict(self._disconnect)
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
+        message, resume = await self.inbox.get()
+        if resume:
+            self.channel.resume_reading()
+        return message
 
     async def send(self, message: Message) -> None:
         mtype = message["type"]
         state = self.state
         try:
-            if state is ASGIWebSocketState.CONNECTED:
+            if state is _CONNECTED:
                 if mtype == "websocket.send":
                     await self._send_data(message)
                     return
                 if mtype == "websocket.close":
-                    self.state = ASGIWebSocketState.CLOSED
                     self.session.close(message.get("code") or 1000, message.get("reason") or "")
                     self.channel.state_changed()
                     return
-            elif state is ASGIWebSocketState.CONNECTING:
+            elif state is _CONNECTING:
                 if mtype == "websocket.accept":
                     self.session.accept(message.get("subprotocol"), message.get("headers") or ())
-                    self.state = ASGIWebSocketState.CONNECTED
                     self.channel.state_changed()
                     return
                 if mtype == "websocket.close":
                     # Closed before accepting: the handshake is refused with 403 (www spec).
-                    self.state = ASGIWebSocketState.CLOSED
-                    self.session.reject(403, [(b"content-type", b"text/plain; charset=utf-8")], b"Forbidden\n")
+                    self.session.reject(403, _TEXT_PLAIN, b"Forbidden\n")
                     self.channel.state_changed()
                     return
                 if mtype == "websocket.http.response.start":
                     self._start_denial(message)
                     return
-            elif state is ASGIWebSocketState.RESPONSE:
+            elif state is _RESPONSE:
                 if mtype == "websocket.http.response.body":
                     self._body.append(bytes(message.get("body", b"")))
                     if not message.get("more_body", False):
-                        self.state = ASGIWebSocketState.CLOSED
-                        self.session.reject(self._status, self._headers, b"".join(self._body))
+                        assert self._denial is not None
+                        status, headers = self._denial
+                        self.session.reject(status, headers, b"".join(self._body))
                         self.channel.state_changed()
                     return
-            elif self.session.disconnected and mtype in ("websocket.send", "websocket.close"):
+            elif self.session.disconnected and mtype in _APP_MESSAGES:
                 raise ClientDisconnected("WebSocket connection is closed")
         except LocalProtocolError as exc:
-            if self.session.handshake_pending and not self.session.disconnected:
+            if self.session.handshake_pending:
                 # An invalid accept or denial (a header with CR/LF, a bad subprotocol or
                 # status) is refused with a 500 now, whatever the app does with the error:
                 # the client gets an answer, never a partial or injected head.
@@ -196,39 +221,28 @@ class WebSocketCycle(AppCycle):
         except TypeError:
             raise LocalProtocolError(f"headers must be an iterable of pairs, got {message.get('headers')!r}") from None
         checked_headers(headers)  # refused at the start, as http.response.start headers are
-        if self.session.disconnected:
-            raise ClientDisconnected("client disconnected before the handshake was answered")
-        self._status = status
-        self._headers = headers
-        self.state = ASGIWebSocketState.RESPONSE
+        self._denial = (status, headers)
 
     # ----------------------------------------------------------- the app boundary (AppCycle)
 
     def _returned(self) -> None:
         state = self.state
-        if state is ASGIWebSocketState.CONNECTING:
+        if state is _CONNECTING:
             # Returned without accepting: the handshake is refused (www spec: 403).
-            if not self.session.disconnected:
-                self._answer(403)
-        elif state is ASGIWebSocketState.RESPONSE:
+            self._answer(403)
+        elif state is _RESPONSE:
             logger.error("ASGI app returned before the denial response was complete (%s)", self._where())
             self._answer(500)
-        elif state is ASGIWebSocketState.CONNECTED:
-            self.state = ASGIWebSocketState.CLOSED
-            if self.session.is_open:
-                self.session.close(1000, "")
-                self.channel.state_changed()
+        elif state is _CONNECTED:
+            self.session.close(1000, "")
+            self.channel.state_changed()
 
     def _answer_error(self) -> str:
         state = self.state
-        self.state = ASGIWebSocketState.CLOSED
-        session = self.session
-        if state in (ASGIWebSocketState.CONNECTING, ASGIWebSocketState.RESPONSE):
-            if session.handshake_pending and not session.disconnected:
-                session.reject(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error\n")
-                self.channel.state_changed()
-        elif session.is_open:
-            session.fail(1011, "internal error")
+        if state is _CONNECTING or state is _RESPONSE:
+            self._answer(500)
+        elif state is _CONNECTED:
+            self.session.fail(1011, "internal error")
             self.channel.state_changed()
         return ""
 
@@ -237,24 +251,18 @@ class WebSocketCycle(AppCycle):
 
     def _cancelled(self) -> None:
         # Cancelled by a drain deadline: the connection is being torn down.
-        self.state = ASGIWebSocketState.CLOSED
-        session = self.session
-        if session.is_open or session.handshake_pending:
-            session.fail(1012, "server shutdown")
+        state = self.state
+        if state is not _CLOSED:
+            self.session.fail(1012, "server shutdown")
             self.channel.state_changed()
 
     def _peer_gone(self) -> bool:
-        if self.session.disconnected:
-            self.state = ASGIWebSocketState.CLOSED
-            return True
-        return False
+        return self.session.disconnected
 
     def _answer(self, status: int) -> None:
-        self.state = ASGIWebSocketState.CLOSED
         session = self.session
-        if session.handshake_pending and not session.disconnected:
-            body = b"Forbidden\n" if status == 403 else b"Internal Server Error\n"
-            session.reject(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+        if session.handshake_pending:
+            session.reject(status, _TEXT_PLAIN, b"Forbidden\n" if status == 403 else b"Internal Server Error\n")
             self.channel.state_changed()
 
     def _where(self) -> str:

@@ -26,27 +26,29 @@ class FlowControl:
     pipelined requests.
     """
 
-    __slots__ = ("transport", "write_paused", "_read_block", "_drain_waiter")
+    __slots__ = ("transport", "write_paused", "read_block", "_drain_waiter")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.write_paused = False
-        self._read_block = 0
+        # Why reading is paused: the READ_* bits set (0: reading). Read it, never write it:
+        # pause_reading / resume_reading are the only writers.
+        self.read_block = 0
         self._drain_waiter: asyncio.Future[None] | None = None
 
     @property
     def read_paused(self) -> bool:
-        return self._read_block != 0
+        return self.read_block != 0
 
     def pause_reading(self, reason: int = READ_BACKLOG) -> None:
-        if not self._read_block:
+        if not self.read_block:
             self.transport.pause_reading()
-        self._read_block |= reason
+        self.read_block |= reason
 
     def resume_reading(self, reason: int = READ_BACKLOG) -> None:
-        block = self._read_block
+        block = self.read_block
         if block & reason:
-            self._read_block = block = block & ~reason
+            self.read_block = block = block & ~reason
             if not block:
                 self.transport.resume_reading()
 
@@ -62,7 +64,7 @@ class FlowControl:
 
     def connection_lost(self) -> None:
         self.write_paused = False
-        self._read_block = 0
+        self.read_block = 0
         self._release()
 
     def _release(self) -> None:

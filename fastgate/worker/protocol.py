@@ -38,7 +38,6 @@ from fastgate.worker.linger import linger
 from fastgate.worker.output import WriteBuffer
 from fastgate.worker.probes import probe_response, text_response
 from fastgate.worker.websocket import WebSocketProtocol
-from fastgate.ws.session import offered_subprotocols
 
 # Python 3.12 can start a task eagerly: its first step runs inside create, with the task
 # already current. Before 3.12 every request pays a call_soon and a loop iteration.
@@ -275,14 +274,12 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(self.conn.error_response(503, "shutting down"))
             self.transport.close()
             return
-        head = event.head
-        scope = build_scope(head, self.info, offered_subprotocols(head.headers))
         # The bytes now belong to the WebSocket protocol; this one steps aside (the worker
         # registers the websocket before it lets go of this one, so a drain never sees an
         # empty registry in between).
-        ws = WebSocketProtocol(self.worker, self.transport, self.flow, scope)
+        ws = WebSocketProtocol(self.worker, self.transport, self.flow, self.info)
         self.transport.set_protocol(ws)
-        ws.start(head.method, head.target, head.http_version, head.headers, event.remainder)
+        ws.start(event)
         self.out.close()
         self.conn.close()
         self.worker.discard(self)
@@ -334,7 +331,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close_after_response()  # it may still be sending a body we never read
             return
         flow = self.flow
-        if flow.read_paused:
+        if flow.read_block:
             # The next request may be read now, unless the client is not reading our
             # responses (FlowControl keeps that reason until the transport drains).
             flow.resume_reading(READ_PIPELINE | READ_BACKLOG)

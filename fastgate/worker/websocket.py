@@ -2,18 +2,28 @@
 
 ``HttpProtocol`` hands the transport over with ``transport.set_protocol()`` once an upgrade
 request arrived; from then on this class moves bytes between the transport and the
-``WebSocketSession`` and runs the app's ``WebSocketCycle`` task. It owns the timers:
+``WebSocketSession``, and runs the app's ``WebSocketCycle`` as a task. It is the cycle's
+``Channel`` and the worker's ``Connection``.
 
-* keepalive: every ``ws_ping_interval`` a ping with a random payload; no pong within
-  ``ws_ping_timeout`` fails the connection with 1011. A pong cannot be read while reading
-  is paused for backpressure, so the timeout is then postponed, not fired.
+One upgrade's path: ``start(UpgradeRequest)`` -> the session checks the head as it is
+(``receive_request``) -> the scope is built with the subprotocols the session read -> the
+app's task starts -> its ``websocket.accept`` moves the session -> ``state_changed``
+writes the 101 and what followed -> frames flow: ``data_received`` -> session ->
+``_sync`` (write its output, put its events in the inbox) -> the app's ``receive``.
+
+After every session call, ours or the cycle's, ``_sync`` follows websockets' sans-I/O guide:
+write ``data_to_send()`` (``b""`` means half-close: ``write_eof``, or close when the
+transport cannot half-close, as with TLS), then look at the session's state:
+
 * close: once the session expects the TCP connection to end (closing handshake done or
   failed), the peer gets ``CLOSE_TIMEOUT`` seconds to close its side before we abort. This
   is the connection's ``deadline``, polled by the worker's sweeper like the HTTP ones.
+* keepalive: once open, every ``ws_ping_interval`` a ping with a random payload; no pong
+  within ``ws_ping_timeout`` fails the connection with 1011. A pong cannot be read while
+  reading is paused for backpressure, so the timeout is then postponed, not fired.
 
-Flushing follows websockets' sans-I/O guide: after every session call, write
-``data_to_send()``; ``b""`` means half-close (``write_eof``, or close when the transport
-cannot half-close, as with TLS).
+This object refers to the session, the inbox and the task, never to the cycle: the cycle
+refers to it (as its channel), not the other way round.
 """
 
 from __future__ import annotations
@@ -22,8 +32,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from fastgate.asgi.types import Scope
-from fastgate.asgi.ws_cycle import WebSocketCycle
+from fastgate.asgi.scope import ConnectionInfo, build_scope
+from fastgate.asgi.ws_cycle import Inbox, WebSocketCycle
+from fastgate.http.events import UpgradeRequest
 from fastgate.worker.connection import Host
 from fastgate.worker.flow import READ_BACKLOG, READ_HANDSHAKE, FlowControl
 from fastgate.worker.output import WriteBuffer
@@ -42,44 +53,45 @@ class WebSocketProtocol(asyncio.Protocol):
         worker: the worker serving it.
         transport: the transport taken over from ``HttpProtocol``.
         flow: its flow-control state (write pauses carry over).
-        scope: the ASGI websocket scope.
+        info: the connection's shared facts (for the scope).
     """
 
-    def __init__(self, worker: Host, transport: asyncio.Transport, flow: FlowControl, scope: Scope) -> None:
+    def __init__(self, worker: Host, transport: asyncio.Transport, flow: FlowControl, info: ConnectionInfo) -> None:
         settings = worker.settings.websocket
         self.worker = worker
         self.loop = loop = worker.loop or asyncio.get_running_loop()
         self.transport = transport
         self.flow = flow
+        self.info = info
         self.out = WriteBuffer(transport, loop)
-        self.deadline = 0.0  # the close timeout, once armed
         self.session = WebSocketSession(
             max_size=settings.ws_max_size,
             extensions=[deflate_factory()] if settings.ws_per_message_deflate else [],
             logger=ws_logger,
         )
-        self.cycle = WebSocketCycle(scope, self.session, self, max_queue=settings.ws_max_queue)
+        self.inbox = Inbox(settings.ws_max_queue)
         self.task: asyncio.Task[None] | None = None
+        self.deadline = 0.0  # the close timeout, once armed
         self.ping_interval = settings.ws_ping_interval
         self.ping_timeout = settings.ws_ping_timeout
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
-        self._handshake_paused = False
-        self._closed = False
         self._released = False
 
-    def start(self, method: str, target: bytes, http_version: str, headers: list[tuple[bytes, bytes]],
-              remainder: bytes) -> None:
-        """Check the handshake; if valid run the app, then process ``remainder``."""
-        session = self.session
+    def start(self, upgrade: UpgradeRequest) -> None:
+        """Check the handshake; if valid run the app; then process what followed the head."""
         self.worker.add(self)
-        if session.receive_request(method, target, http_version, headers):
-            self.task = self.loop.create_task(self.cycle.run(self.worker.settings.app))
+        session = self.session
+        head = upgrade.head
+        if session.receive_request(head):
+            scope = build_scope(head, self.info, session.subprotocols)
+            cycle = WebSocketCycle(scope, session, self, self.inbox)
+            self.task = self.loop.create_task(cycle.run(self.worker.settings.app))
             self.task.add_done_callback(self._task_done)
-        if remainder:
-            self.data_received(remainder)
+        if upgrade.remainder:
+            self.data_received(upgrade.remainder)
         else:
-            self.flush()
+            self._sync()
 
     # ------------------------------------------------------------ transport events
 
@@ -89,28 +101,26 @@ class WebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         session.receive_data(data)
-        self.flush()
-        if session.handshake_pending and session.pending_size > PENDING_LIMIT and not self._handshake_paused:
-            # The app has not accepted yet: bound what we buffer for it.
-            self._handshake_paused = True
-            self._pause_reading(READ_HANDSHAKE)
+        self._sync()
+        if session.handshake_pending and session.pending_size > PENDING_LIMIT:
+            # The app has not accepted yet: bound what we buffer for it (lifted in _sync).
+            self.flow.pause_reading(READ_HANDSHAKE)
 
     def eof_received(self) -> bool | None:
         self.session.receive_eof()
-        self.flush()
+        self._sync()
         # Returning None closes the transport: write what is held back first.
         self.out.flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
         self.out.close()
         self.deadline = 0.0
         self._cancel_timers()
         self.flow.connection_lost()
         self.session.connection_lost()
-        self._dispatch()
-        self._maybe_unregister()
+        self._deliver()
+        self._maybe_release()
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -118,29 +128,15 @@ class WebSocketProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.flow.resume_writing()
 
-    # ------------------------------------------------------------ WebSocketChannel
+    # ------------------------------------------------------------ after every session call
 
-    def state_changed(self) -> None:
-        self.flush()
-
-    def write(self, data: bytes) -> None:
-        self.out.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.out.writelines(parts)
-
-    def close(self) -> None:
-        self.out.flush()
-        self.transport.close()
-
-    def is_closing(self) -> bool:
-        return self._closed or self.transport.is_closing()
-
-    def flush(self) -> None:
-        """Write what the session has to send, then hand its events to the app."""
+    def _sync(self) -> None:
+        """Write what the session has to send, deliver its events, follow its state."""
         session = self.session
-        if not self._closed:
-            out = self.out
+        out = self.out
+        if out.closed:
+            session.data_to_send()  # nothing can be written any more
+        else:
             for data in session.data_to_send():
                 if data:
                     # Messages sent during one loop iteration leave in one write (one
@@ -156,57 +152,70 @@ class WebSocketProtocol(asyncio.Protocol):
                         transport.close()
             if self.deadline == 0.0 and session.close_expected():
                 self.deadline = self.loop.time() + CLOSE_TIMEOUT
-        else:
-            session.data_to_send()
-        self._dispatch()
-        if self._handshake_paused and not session.handshake_pending:
-            self._handshake_paused = False
-            self._resume_reading(READ_HANDSHAKE)
-        if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not self._closed:
+        self._deliver()
+        flow = self.flow
+        if flow.read_block & READ_HANDSHAKE and not session.handshake_pending:
+            flow.resume_reading(READ_HANDSHAKE)
+        if self._ping_timer is None and self.ping_interval > 0 and session.is_open and not out.closed:
             self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
 
-    def _dispatch(self) -> None:
+    def _deliver(self) -> None:
         events = self.session.events_received()
         if events:
-            feed = self.cycle.feed
+            put = self.inbox.put
             for message in events:
-                feed(message)
+                if put(message):
+                    self.pause_reading()  # the app is behind: resumed once it took half
+
+    # ------------------------------------------------------------ Channel
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.out.writelines(parts)
 
     def drain(self) -> Awaitable[None]:
         return self.flow.drain()  # its coroutine, not one more wrapped around it
 
     def pause_reading(self) -> None:
-        self._pause_reading(READ_BACKLOG)
+        if not self.out.closed:
+            self.flow.pause_reading(READ_BACKLOG)
 
     def resume_reading(self) -> None:
-        self._resume_reading(READ_BACKLOG)
+        if not self.out.closed:
+            self.flow.resume_reading(READ_BACKLOG)
 
-    def _pause_reading(self, reason: int) -> None:
-        if not self._closed:
-            self.flow.pause_reading(reason)
+    def close(self) -> None:
+        if not self.out.closed:
+            self.out.flush()
+            self.transport.close()
 
-    def _resume_reading(self, reason: int) -> None:
-        if not self._closed:
-            self.flow.resume_reading(reason)
+    def is_closing(self) -> bool:
+        return self.out.closed or self.transport.is_closing()
 
-    # ------------------------------------------------------------ drain
+    def state_changed(self) -> None:
+        """The cycle moved the session (accept, send, close, deny): act on it."""
+        self._sync()
+
+    # ------------------------------------------------------------ Connection: drain and deadline
 
     def shutdown(self) -> None:
         """Graceful drain: close 1012 (service restart); the app hears of it at once."""
         session = self.session
-        if self._closed:
+        if self.out.closed:
             return
         if session.is_open:
             session.close(1012, "server restart", by_app=False)
         elif session.handshake_pending:
             session.fail(1012, "server restart")
-        elif self.session.protocol.eof_sent:
+        elif session.output_finished:
             # Our side is finished (close frame and EOF sent): waiting for the peer to
             # close TCP is pointless when the process is going away.
             self.out.flush()
             self.transport.close()
             return
-        self.flush()
+        self._sync()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""
@@ -214,29 +223,31 @@ class WebSocketProtocol(asyncio.Protocol):
             self.task.cancel()
         self._abort_transport()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._maybe_unregister()
+    def on_deadline(self) -> None:
+        """The peer did not close TCP within CLOSE_TIMEOUT of the closing handshake."""
+        self.deadline = 0.0
+        self._abort_transport()
 
-    def _maybe_unregister(self) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
         # Registered until both the connection and the app are done, so a graceful drain
         # waits for the app to handle websocket.disconnect.
-        if self._closed and (self.task is None or self.task.done()) and not self._released:
+        if self.out.closed and (self.task is None or self.task.done()) and not self._released:
             self._released = True
             self.worker.discard(self)
-            # Both sides are done: the cycle (whose channel is this object) goes, so nothing
-            # refers back here and the connection is freed at once, not by the cyclic GC.
-            del self.cycle
 
-    # ------------------------------------------------------------ timers
+    # ------------------------------------------------------------ keepalive
 
     def _on_ping(self) -> None:
         self._ping_timer = None
         session = self.session
-        if self._closed or not session.is_open:
+        if self.out.closed or not session.is_open:
             return
         if not session.pong_pending:
             session.ping()
-            self.flush()
+            self._sync()
             if self.ping_timeout > 0:
                 self._pong_timer = self.loop.call_later(self.ping_timeout, self._on_pong_timeout)
         self._ping_timer = self.loop.call_later(self.ping_interval, self._on_ping)
@@ -244,25 +255,19 @@ class WebSocketProtocol(asyncio.Protocol):
     def _on_pong_timeout(self) -> None:
         self._pong_timer = None
         session = self.session
-        if self._closed or not session.is_open or not session.pong_pending:
+        if self.out.closed or not session.is_open or not session.pong_pending:
             return
         if self.flow.read_paused:
             # We stopped reading: the pong may be sitting in our socket buffer.
             self._pong_timer = self.loop.call_later(self.ping_timeout, self._on_pong_timeout)
             return
         session.fail(1011, "keepalive ping timeout")
-        self.flush()
-
-    def on_deadline(self) -> None:
-        """The peer did not close TCP within CLOSE_TIMEOUT of the closing handshake."""
-        self.deadline = 0.0
-        self._abort_transport()
+        self._sync()
 
     def _abort_transport(self) -> None:
-        if not self._closed:
+        if not self.out.closed:
             self.transport.abort()
             # connection_lost comes on the next iteration; nothing may be written before.
-            self._closed = True
             self.out.close()
 
     def _cancel_timers(self) -> None:

@@ -12,10 +12,12 @@ Framing, masking, control frames (pings are answered, close frames echoed), the 
 handshake, ``max_size`` (close 1009) and permessage-deflate all belong to
 ``ServerProtocol``; this class only adds what ASGI needs on top:
 
-* The opening handshake is split in two. ``receive_request`` validates the upgrade request
-  at once (a bad one is answered 400, or 426 for a wrong version, with
-  ``Sec-WebSocket-Version: 13`` per RFC 6455 §4.4, and the app never runs) and keeps the
-  prepared 101 response; the app decides later with ``accept`` or ``reject``.
+* The opening handshake is split in two. ``receive_request`` takes the upgrade request as
+  fastgate's HTTP layer parsed and validated it (a ``RequestHead``: nothing is serialised
+  or parsed again), has websockets check it as a handshake (a bad one is answered 400, or
+  426 for a wrong version, with ``Sec-WebSocket-Version: 13`` per RFC 6455 §4.4, and the
+  app never runs) and keeps the prepared 101 response; the app decides later with
+  ``accept`` or ``reject``.
 * Bytes the client sends before that decision (pipelined right after its handshake) are
   buffered and fed to the protocol only after the 101 went out. Feeding them earlier would
   let ``ServerProtocol`` answer a ping before the 101, corrupting the stream.
@@ -25,6 +27,13 @@ handshake, ``max_size`` (close 1009) and permessage-deflate all belong to
 * Exactly one ``websocket.disconnect`` is produced: with the peer's close code when it
   closes first, with our code when the server fails the connection (1002, 1007, 1009,
   1011, 1012), and 1006 when the connection drops.
+
+State. ``state`` (``SessionState``) is the one account of where the socket stands; the
+ASGI cycle derives its own from it, the adapter asks it. It follows the handshake decision
+and, once the socket is open, websockets' own protocol state, read after every call that
+may move it. Whether the app was told ``websocket.disconnect`` is a separate fact
+(``disconnected``): the peer may close while our side still writes, and we may close
+before the peer answers.
 """
 
 from __future__ import annotations
@@ -32,9 +41,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader, InvalidState
@@ -42,11 +51,12 @@ from websockets.extensions import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CLOSED, OPEN
+from websockets.protocol import CLOSED, CLOSING, CONNECTING, OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from fastgate.errors import ClientDisconnected, LocalProtocolError
 from fastgate.fields import check_field, is_token, status_code
+from fastgate.http.events import RequestHead
 
 Message = dict[str, Any]
 
@@ -64,7 +74,17 @@ FRAGMENT_COST = 64
 
 
 class _ServerProtocol(ServerProtocol):
-    """websockets' server protocol with two corrections at the frame level."""
+    """websockets' server protocol, handed the request instead of reading it, with two
+    corrections at the frame level."""
+
+    def parse(self) -> Generator[None]:
+        # fastgate's HTTP layer parsed and validated the upgrade request, and
+        # WebSocketSession.receive_request hands it to accept() as a Request: there are no
+        # request bytes to read here. Frames follow once the handshake succeeded (after a
+        # refusal, send_response replaces this parser with one that discards everything).
+        while self.state is CONNECTING:
+            yield
+        yield from Protocol.parse(self)
 
     def recv_frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -102,19 +122,17 @@ def deflate_factory() -> ServerPerMessageDeflateFactory:
 
 class SessionState(enum.Enum):
     HANDSHAKE = "handshake"  # valid upgrade request, waiting for the app's decision
-    OPEN = "open"  # 101 sent
-    CLOSED = "closed"  # rejected, closed or failed: no more messages either way
+    OPEN = "open"  # 101 sent: messages flow both ways
+    CLOSING = "closing"  # a close frame went out or came in: the closing handshake runs
+    CLOSED = "closed"  # refused, failed, closed, or the connection is gone
 
 
-def _request_bytes(method: str, target: bytes, http_version: str, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    # websockets decodes the request target as ASCII: percent-encode any other byte (the
-    # ASGI scope is built from fastgate's own parse, so nothing visible changes).
-    if not target.isascii():
-        target = b"".join(b"%%%02X" % b if b > 0x7F else bytes((b,)) for b in target)
-    lines = [b"%s %s HTTP/%s\r\n" % (method.encode("ascii"), target, http_version.encode("ascii"))]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+# As module names: reading a member from its Enum class costs about 1,000 instructions on
+# Python 3.11, a global about 50.
+_HANDSHAKE: Final = SessionState.HANDSHAKE
+_OPEN: Final = SessionState.OPEN
+_CLOSING: Final = SessionState.CLOSING
+_CLOSED: Final = SessionState.CLOSED
 
 
 def offered_subprotocols(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
@@ -139,16 +157,15 @@ class WebSocketSession:
         "protocol",
         "state",
         "subprotocols",
+        "disconnected",
         "_response",
         "_pending",
         "_fragments",
         "_fragments_text",
         "_events",
-        "_disconnected",
         "_app_closed",
         "_ping_payload",
         "_reject_disconnect",
-        "_early",
     )
 
     def __init__(
@@ -165,52 +182,41 @@ class WebSocketSession:
             # The app picks the subprotocol in websocket.accept, after the handshake check.
             select_subprotocol=lambda _protocol, _offered: None,
         )
-        self.state = SessionState.HANDSHAKE
-        self.subprotocols: list[str] = []
+        self.state = _HANDSHAKE
+        self.subprotocols: list[str] = []  # offered by the client, in order
+        self.disconnected = False  # websocket.disconnect was produced (the app was told)
         self._response: Response | None = None
         self._pending = bytearray()
         self._fragments = bytearray()  # an unfinished fragmented message, reassembled in place
         self._fragments_text = False
         self._events: list[Message] = []
-        self._disconnected = False
         self._app_closed = False
         self._ping_payload: bytes | None = None
         self._reject_disconnect: tuple[int, str] | None = None
-        self._early: list[bytes] = []
 
     # ------------------------------------------------------------------ handshake
 
-    def receive_request(
-        self, method: str, target: bytes, http_version: str, headers: Sequence[tuple[bytes, bytes]]
-    ) -> bool:
-        """Validate the upgrade request (already parsed by the HTTP layer).
+    def receive_request(self, head: RequestHead) -> bool:
+        """Check the upgrade request, as fastgate's HTTP layer parsed and validated it.
 
         Args:
-            method: request method.
-            target: request target as sent.
-            http_version: ``"1.1"`` or ``"1.0"``.
-            headers: ``(lower-cased name, value)`` pairs.
+            head: the request head of the ``UpgradeRequest``.
 
         Returns:
             True when the handshake is valid and the app should decide; False when it was
             answered with an error already (``data_to_send`` holds it, then EOF).
         """
+        self.subprotocols = offered_subprotocols(head.headers)
+        headers = Headers()
+        for name, value in head.headers:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
         protocol = self.protocol
-        protocol.receive_data(_request_bytes(method, target, http_version, headers))
-        events = protocol.events_received()
-        request = events[0] if events else None
-        if not isinstance(request, Request):
-            # websockets' own parser refused what httptools accepted. Over its limits (128
-            # header lines of 8192 bytes) it answered 414/431 itself; otherwise it only
-            # closed, and the client deserves a status: 400.
-            self.state = SessionState.CLOSED
-            self._disconnected = True
-            out = protocol.data_to_send()
-            if not any(out):
-                response = protocol.reject(HTTPStatus.BAD_REQUEST, "Invalid WebSocket handshake request.\n")
-                out = [response.serialize(), *out]
-            self._early = out
+        if "Transfer-Encoding" in headers or not set(headers.get_all("Content-Length")) <= {"0"}:
+            # A handshake carries no body (websockets' own request parser refuses one too).
+            self._send_error(protocol.reject(HTTPStatus.BAD_REQUEST, "Invalid WebSocket handshake request.\n"))
             return False
+        request = Request(head.target.decode("latin-1"), headers, method=head.method,
+                          protocol="HTTP/" + head.http_version)
         response = protocol.accept(request)
         if response.status_code != 101:
             exc = protocol.handshake_exc
@@ -222,14 +228,12 @@ class WebSocketSession:
             self._send_error(response)
             return False
         self._response = response
-        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
-            self.subprotocols.extend(p.strip() for p in value.split(",") if p.strip())
         return True
 
     def _send_error(self, response: Response) -> None:
         self.protocol.send_response(response)
-        self.state = SessionState.CLOSED
-        self._disconnected = True
+        self.state = _CLOSED
+        self.disconnected = True
 
     def accept(self, subprotocol: str | None = None, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """Send the 101 response; bytes received meanwhile are processed now.
@@ -260,7 +264,7 @@ class WebSocketSession:
         for name, value in extra:
             response.headers[name] = value
         self.protocol.send_response(response)
-        self.state = SessionState.OPEN
+        self.state = _OPEN
         if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
             self._receive(pending)
@@ -295,18 +299,17 @@ class WebSocketSession:
         response_headers["Content-Length"] = str(len(body))
         response_headers["Connection"] = "close"
         self.protocol.send_response(Response(status, phrase, response_headers, bytes(body)))
-        self.state = SessionState.CLOSED
+        self.state = _CLOSED
         self._pending.clear()
         # No WebSocket was ever open: no close frame either (RFC 6455 §7.1.5: 1006).
         self._disconnect(*(self._reject_disconnect or (1006, "")))
 
     def _decision(self) -> Response:
-        if self.state is not SessionState.HANDSHAKE:
-            if self._disconnected:
-                raise ClientDisconnected("client disconnected")
+        if self.state is not _HANDSHAKE:
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected before the handshake was answered"
+                                         if self._response is not None else "client disconnected")
             raise LocalProtocolError(f"the handshake was already answered (session {self.state.value})")
-        if self._disconnected:
-            raise ClientDisconnected("client disconnected before the handshake was answered")
         response = self._response
         assert response is not None
         self._response = None
@@ -316,10 +319,10 @@ class WebSocketSession:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer. Never raises on peer input (errors fail the connection)."""
-        if self.state is SessionState.HANDSHAKE:
+        state = self.state
+        if state is _HANDSHAKE:
             self._pending += data
-            return
-        if self.protocol.state is not CLOSED:
+        elif state is not _CLOSED:
             self._receive(data)
 
     @property
@@ -329,7 +332,9 @@ class WebSocketSession:
 
     def receive_eof(self) -> None:
         """The peer half-closed (or closed)."""
-        if self.state is SessionState.HANDSHAKE:
+        if self.state is _HANDSHAKE:
+            # The client left before the app decided: nothing can be answered any more.
+            self.state = _CLOSED
             self._disconnect(1006, "")
             return
         self.protocol.receive_eof()
@@ -337,8 +342,7 @@ class WebSocketSession:
 
     def connection_lost(self) -> None:
         """The transport is gone: the app gets ``websocket.disconnect`` (1006) if not already."""
-        if self.state is SessionState.OPEN:
-            self.state = SessionState.CLOSED
+        self.state = _CLOSED
         self._disconnect(1006, "")
 
     def _receive(self, data: bytes) -> None:
@@ -364,12 +368,12 @@ class WebSocketSession:
                 if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
                     self._ping_payload = None
             # PING is answered by ServerProtocol; CLOSE is handled in _after_receive.
-            if protocol.state is not OPEN and self._disconnected:
+            if protocol.state is not OPEN and self.disconnected:
                 break
         self._after_receive()
 
     def _deliver(self, text: bool, data: bytes | bytearray | memoryview, append: Any) -> None:
-        if self._disconnected:
+        if self.disconnected:
             return
         if text:
             try:
@@ -380,17 +384,22 @@ class WebSocketSession:
         else:
             append({"type": "websocket.receive", "bytes": bytes(data)})
 
+    def _follow_protocol(self) -> None:
+        # Once open, websockets' protocol state is ours (it moves inside its own calls).
+        if self.state is not _CLOSED:
+            state = self.protocol.state
+            self.state = _OPEN if state is OPEN else _CLOSING if state is CLOSING else _CLOSED
+
     def _after_receive(self) -> None:
-        protocol = self.protocol
-        if self._disconnected:
+        self._follow_protocol()
+        if self.disconnected:
             return
+        protocol = self.protocol
         close = protocol.close_rcvd
         if close is not None:
-            self.state = SessionState.CLOSED
             self._disconnect(close.code, close.reason)
         elif protocol.state is not OPEN:
             # The server failed the connection (1002, 1009, ...) or the stream ended.
-            self.state = SessionState.CLOSED
             sent = protocol.close_sent
             if sent is not None and not self._app_closed:
                 self._disconnect(sent.code, sent.reason)
@@ -398,8 +407,8 @@ class WebSocketSession:
                 self._disconnect(1006, "")
 
     def _disconnect(self, code: int, reason: str) -> None:
-        if not self._disconnected:
-            self._disconnected = True
+        if not self.disconnected:
+            self.disconnected = True
             self._fragments = bytearray()
             self._events.append({"type": "websocket.disconnect", "code": code, "reason": reason})
 
@@ -411,8 +420,9 @@ class WebSocketSession:
     # ------------------------------------------------------------------ sending
 
     def _check_open(self) -> None:
-        if self.state is not SessionState.OPEN or self.protocol.state is not OPEN:
-            if self.state is SessionState.HANDSHAKE and not self._disconnected:
+        state = self.state
+        if state is not _OPEN:
+            if state is _HANDSHAKE:
                 raise LocalProtocolError("the WebSocket is not accepted yet")
             raise ClientDisconnected("WebSocket connection is closed")
 
@@ -456,19 +466,20 @@ class WebSocketSession:
             raise ClientDisconnected("WebSocket connection is closed") from None
         except Exception as exc:  # websockets' ProtocolError: invalid close code
             raise LocalProtocolError(f"invalid close code {code!r}: {exc}") from None
+        self._follow_protocol()
         self._app_closed = by_app
         if not by_app:
             self._disconnect(code, reason)
 
     def fail(self, code: int, reason: str = "") -> None:
         """Fail the connection (RFC 6455 §7.1.7): close frame, EOF, app told at once."""
-        if self.state is SessionState.HANDSHAKE:
-            if not self._disconnected:
-                self._reject_disconnect = (code, reason)
-                self.reject(503 if code == 1012 else 500)
-        elif self.protocol.state is not CLOSED:
+        state = self.state
+        if state is _HANDSHAKE:
+            self._reject_disconnect = (code, reason)
+            self.reject(503 if code == 1012 else 500)
+        elif state is not _CLOSED:
             self.protocol.fail(code, reason)
-            self.state = SessionState.CLOSED
+            self.state = _CLOSED
         self._disconnect(code, reason)
 
     def ping(self) -> bytes:
@@ -485,22 +496,19 @@ class WebSocketSession:
 
     @property
     def is_open(self) -> bool:
-        return self.state is SessionState.OPEN and self.protocol.state is OPEN
+        return self.state is _OPEN
 
     @property
     def handshake_pending(self) -> bool:
-        return self.state is SessionState.HANDSHAKE
+        return self.state is _HANDSHAKE
 
     @property
-    def disconnected(self) -> bool:
-        """``websocket.disconnect`` was produced."""
-        return self._disconnected
+    def output_finished(self) -> bool:
+        """Our side is done: the close frame (or the refusal) and EOF were sent."""
+        return self.protocol.eof_sent
 
     def data_to_send(self) -> list[bytes]:
         """Bytes to write, in order; ``b""`` means half-close (write EOF)."""
-        if self._early:
-            early, self._early = self._early, []
-            return early + self.protocol.data_to_send()
         return self.protocol.data_to_send()
 
     def close_expected(self) -> bool:

@@ -12,7 +12,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from fastgate.asgi.ws_cycle import ASGIWebSocketState, WebSocketCycle
+from fastgate.asgi.ws_cycle import ASGIWebSocketState, Inbox, WebSocketCycle
 from fastgate.errors import ASGIProtocolError, ClientDisconnected
 from fastgate.ws.session import WebSocketSession
 from tests.ws.test_session import parse_head
@@ -32,10 +32,10 @@ def async_test(fn: Any) -> Any:
 
 
 class FakeChannel:
-    """Collects what the session writes and feeds its events back, like WebSocketProtocol.state_changed."""
+    """Collects what the session writes and puts its events in the inbox, like WebSocketProtocol."""
 
     def __init__(self) -> None:
-        self.cycle: WebSocketCycle
+        self.inbox: Inbox
         self.session: WebSocketSession
         self.written: list[bytes] = []
         self.paused = False
@@ -46,7 +46,8 @@ class FakeChannel:
     def state_changed(self) -> None:
         self.written.extend(self.session.data_to_send())
         for message in self.session.events_received():
-            self.cycle.feed(message)
+            if self.inbox.put(message):
+                self.pause_reading()
 
     async def drain(self) -> None:
         await self.drained.wait()
@@ -63,11 +64,12 @@ def make(max_queue: int = 4) -> tuple[WebSocketCycle, FakeChannel, ClientProtoco
     client = ClientProtocol(parse_uri("ws://t/ws"))
     client.send_request(client.connect())
     session = WebSocketSession()
-    assert session.receive_request(*parse_head(b"".join(client.data_to_send())))
+    assert session.receive_request(parse_head(b"".join(client.data_to_send())))
     channel = FakeChannel()
     scope = {"type": "websocket", "path": "/ws", "extensions": {"websocket.http.response": {}}}
-    cycle = WebSocketCycle(scope, session, channel, max_queue=max_queue)
-    channel.cycle, channel.session = cycle, session
+    inbox = Inbox(max_queue)
+    cycle = WebSocketCycle(scope, session, channel, inbox)
+    channel.inbox, channel.session = inbox, session
     return cycle, channel, client
 
 

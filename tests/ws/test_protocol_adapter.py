@@ -160,7 +160,7 @@ async def test_full_queue_pauses_the_transport_and_pings_wait_for_it():
     assert not transport.reading and transport.pauses == 1
     # Keepalive starts only now, so a slow test machine cannot time it out earlier.
     ws.ping_interval = ws.ping_timeout = 0.05
-    ws.flush()
+    ws.state_changed()
     # Pings go out, the client cannot be heard (we are not reading): no 1011.
     await until(lambda: any(f.opcode is Opcode.PING for f in client.read(transport) if isinstance(f, Frame)))
     await asyncio.sleep(0.2)

@@ -237,7 +237,7 @@ def open_session(deflate: bool) -> tuple[ClientProtocol, WebSocketSession, Serve
                             extensions=[ClientPerMessageDeflateFactory()] if deflate else None)
     client.send_request(client.connect())
     session = WebSocketSession(max_size=MAX_SIZE, extensions=[deflate_factory()] if deflate else [])
-    assert session.receive_request(*parse_head(b"".join(client.data_to_send())))
+    assert session.receive_request(parse_head(b"".join(client.data_to_send())))
     session.accept()
     stream = ServerStream(client)
     stream.take(session)
