@@ -9,6 +9,9 @@ Precedence, lowest first: defaults < TOML file < environment < command line.
 
 Runtime objects (sockets, SSL contexts, the loaded app) are never stored here: they are
 built from these values in the process that uses them.
+
+The module is long because it is the list of options: one field per option, with its flag
+and help text, and the checks that tie options together. Splitting it would split that list.
 """
 
 from __future__ import annotations

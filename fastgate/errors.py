@@ -7,7 +7,6 @@ them read ours the same way.
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_USAGE = 2  # bad command line or config: same code argparse uses
 EXIT_BOOT_FAILED = 3  # lifespan startup failed, or the worker could not start serving
 EXIT_APP_LOAD_FAILED = 4  # the application could not be imported or is not an ASGI callable

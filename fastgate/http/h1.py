@@ -215,14 +215,6 @@ class H1Connection:
         self._http_version = "1.1"
 
     @property
-    def limits(self) -> H1Limits:
-        return self.reader.limits
-
-    @property
-    def defaults(self) -> DefaultHeaders:
-        return self.writer.defaults
-
-    @property
     def keep_alive(self) -> bool:
         """Whether the connection may serve another request after the current response."""
         return self._keep_alive and not self.writer.closing

@@ -30,6 +30,7 @@ its framing into a fresh parser so the body is delivered and parsing continues a
 
 This runs once per request and was tuned with instruction counts (callgrind; see
 benchmarks/OPTIMIZATIONS.md): the cheap tests come first, the rare headers set one flag.
+It is a little over 500 lines because it is one parser's callbacks and the state they share.
 """
 
 from __future__ import annotations

@@ -108,8 +108,9 @@ class Reloader:
 
     Usage in the master: ``start()`` before forking workers, add ``fileno()`` to the
     selector, call ``read_batches()`` when it is readable (an empty list with
-    ``closed`` set means the watcher died), ``stop()`` on shutdown. The master reaps the
-    child like any other (``waitpid(-1)``); ``owns(pid)`` tells it apart from workers.
+    ``closed`` set means the watcher died), ``stop()`` on shutdown. The master's
+    ``waitpid(-1)`` may reap the child (an unknown pid, logged at debug level); ``stop()``
+    takes that as done.
 
     Args:
         options: what to watch.
@@ -130,9 +131,6 @@ class Reloader:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else self._adopted_pid
-
-    def owns(self, pid: int) -> bool:
-        return self.pid == pid
 
     def adopt(self, pid: int | None, fd: int) -> None:
         """Take over the watcher a previous image of this master started (re-exec in place)."""
@@ -262,11 +260,6 @@ class Reloader:
                 self.proc.wait(wait)  # ECHILD (the master reaped it already) counts as done
             except subprocess.TimeoutExpired:
                 pass
-
-    def reaped(self, status: int) -> None:
-        """Record that the master reaped the watcher (so Popen won't wait for it again)."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.returncode = os.waitstatus_to_exitcode(status)
 
 
 def _kill_and_reap(pid: int, wait: float) -> None:
