@@ -129,6 +129,15 @@ class HttpSettings:
     timeout_request_header: float = option(
         10.0, "Seconds a client has to send a complete request head (408 after).", kind=FLOAT
     )
+    timeout_request: float | None = option(
+        None, "Seconds an app has to finish its response; past them it is cancelled: 503 if nothing was "
+        "sent, else the connection closes (WebSocket exempt).", kind=FLOAT, optional=True
+    )
+    timeout_request_idle: float | None = option(
+        None, "Seconds an app may go without sending (before its response and between body messages); "
+        "with --timeout-request, a started response is held to this instead, so streams may run long.",
+        kind=FLOAT, optional=True
+    )
     headers: tuple[str, ...] = option(
         (), "Extra response header, repeatable (in the environment: one per line).", kind=LIST, flag="--header",
         metavar="NAME:VALUE", separator="\n",  # header values contain commas
@@ -532,6 +541,8 @@ def validate(config: Config) -> None:
     positive("--limit-request-field-size", h.limit_request_field_size)
     positive("--timeout-keep-alive", h.timeout_keep_alive, allow_zero=True)
     positive("--timeout-request-header", h.timeout_request_header)
+    positive("--timeout-request", h.timeout_request)
+    positive("--timeout-request-idle", h.timeout_request_idle)
     positive("--limit-concurrency", h.limit_concurrency)
     positive("--limit-max-requests", h.limit_max_requests)
     positive("--limit-max-requests-jitter", h.limit_max_requests_jitter, allow_zero=True)

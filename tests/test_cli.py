@@ -142,15 +142,18 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
     ("argv", "env", "expect"),
     [
         # argparse would take each of these as a prefix of a longer flag and set that one.
-        (["--timeout-request", "1"], {}, "unknown option --timeout-request; did you mean --timeout-request-header?"),
-        (["--timeout-request=1"], {}, "unknown option --timeout-request; did you mean --timeout-request-header?"),
+        (["--timeout-request-head", "1"], {}, "unknown option --timeout-request-head; did you mean "
+                                              "--timeout-request-header?"),
+        (["--timeout-request-head=1"], {}, "unknown option --timeout-request-head; did you mean "
+                                           "--timeout-request-header?"),
+        (["--timeout-keep", "1"], {}, "unknown option --timeout-keep; did you mean --timeout-keep-alive?"),
         (["--wor", "2"], {}, "unknown option --wor; did you mean --workers?"),
         (["--no-access"], {}, "unknown option --no-access; did you mean --no-access-log?"),
         (["--workrs", "2"], {}, "unknown option --workrs; did you mean --workers?"),
         (["--zzzzzz"], {}, "unknown option --zzzzzz"),
         ([], {"FASTGATE_WORKRS": "2"}, "environment variable FASTGATE_WORKRS: no such option; did you mean "
                                        "FASTGATE_WORKERS?"),
-        ([], {"FASTGATE_TIMEOUT_REQUEST": "1"}, "did you mean FASTGATE_TIMEOUT_REQUEST_HEADER?"),
+        ([], {"FASTGATE_TIMEOUT_REQUEST_HEAD": "1"}, "did you mean FASTGATE_TIMEOUT_REQUEST_HEADER?"),
         (["--header", "X-A: 1\x01"], {}, "--header: expected NAME:VALUE"),
         (["--header", "X A: 1"], {}, "--header: expected NAME:VALUE"),
     ],
@@ -165,11 +168,11 @@ def test_options_must_match_exactly(argv: list[str], env: dict[str, str], expect
 
 def test_config_file_keys_must_match_exactly(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text("timeout-request = 1\n")
+    toml.write_text("timeout-request-head = 1\n")
     result = run_cli("tests.apps:app", "--check-config", "--config", str(toml))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"fastgate: error: --config: unknown option 'timeout-request' in {str(toml)!r}; "
-                                     "did you mean 'timeout-request-header'?")
+    assert result.stderr.strip() == (f"fastgate: error: --config: unknown option 'timeout-request-head' in "
+                                     f"{str(toml)!r}; did you mean 'timeout-request-header'?")
 
 
 def test_the_full_flag_still_works() -> None:

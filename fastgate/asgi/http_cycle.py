@@ -126,6 +126,28 @@ class RequestCycle(AppCycle):
         self._peer_closed = True
         self._wake()
 
+    def time_out(self) -> bool:
+        """The app ran out of time (``--timeout-request``); its task is cancelled next.
+
+        Answers 503 when nothing of the response was written (the head may have been given
+        but not sent), else closes the connection: the client sees a truncated response.
+        Either way the connection is not reused, and a later ``send`` or ``receive`` of the
+        app behaves as if the client had left (no error logged for it).
+
+        Returns:
+            True when a 503 went out.
+        """
+        state = self.state
+        self.conn.disable_keep_alive()
+        answered = state is _START or state is _STARTED
+        if answered:
+            self._error_response(503, "the application did not answer in time")
+        elif state is _BODY:
+            self._abort()
+        self._disconnected = True
+        self._wake()
+        return answered
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
@@ -175,10 +197,10 @@ class RequestCycle(AppCycle):
             if state is _STARTED:
                 self._send_first_body(message.get("body", b""), message.get("more_body", False))
                 return
-            raise ASGIProtocolError(f"'http.response.body' not expected in state {state.value}")
+            raise self._out_of_order(mtype, state)
         if mtype == "http.response.start":
             if state is not _START:
-                raise ASGIProtocolError(f"'http.response.start' not expected in state {state.value}")
+                raise self._out_of_order(mtype, state)
             if self._disconnected:
                 raise ClientDisconnected("client disconnected")
             status = message["status"]
@@ -192,6 +214,13 @@ class RequestCycle(AppCycle):
             self.state = _STARTED
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
+
+    def _out_of_order(self, mtype: str, state: ASGIHTTPState) -> OSError | ASGIProtocolError:
+        # After a disconnect (or a timeout, which ends the response for the app) the app
+        # is told the client is gone, as it would be in any state: not an app error.
+        if self._disconnected:
+            return ClientDisconnected("client disconnected")
+        return ASGIProtocolError(f"{mtype!r} not expected in state {state.value}")
 
     def _send_first_body(self, body: bytes, more_body: bool) -> None:
         """The head goes out with the first body message, in one write."""

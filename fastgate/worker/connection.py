@@ -42,6 +42,7 @@ class Host(Protocol):
     ready: bool  # lifespan startup is done (the readiness probe answers 200)
     draining: bool  # a graceful drain has begun: no connection is kept alive
     requests_served: int
+    requests_timed_out: int  # apps cancelled by --timeout-request / --timeout-request-idle
     max_requests: int | None  # --limit-max-requests (with its jitter), or None
 
     def add(self, connection: Connection) -> None:

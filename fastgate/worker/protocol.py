@@ -49,6 +49,7 @@ _REQUEST_HEAD: Final = RequestState.HEAD
 _REQUEST_DONE: Final = RequestState.DONE
 _RESPONSE_WAITING: Final = ResponseState.WAITING
 _CYCLE_START: Final = ASGIHTTPState.START
+_CYCLE_BODY: Final = ASGIHTTPState.BODY
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -86,6 +87,9 @@ class HttpProtocol(asyncio.Protocol):
         self._serving = False  # _serve is running (see the module docstring)
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._probe = 0  # the status of a probe's answer, sent once its request is fully read
+        # --timeout-request(-idle): loop times the app's clock started and it last wrote.
+        self._request_start = 0.0
+        self._last_write = 0.0
 
     # ------------------------------------------------------------ transport events
 
@@ -93,9 +97,15 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         self.flow = FlowControl(self.transport)
         out = self.out = WriteBuffer(transport, self.loop)
-        self.write = out.write
-        self.writelines = out.writelines
         settings = self.settings
+        if settings.timeout_request_idle:
+            # Each write of the app's is progress: note its time (only with this option; the
+            # plain path keeps the buffer's own methods).
+            self.write = self._timed_write
+            self.writelines = self._timed_writelines
+        else:
+            self.write = out.write
+            self.writelines = out.writelines
         self.info = ConnectionInfo(
             transport.get_extra_info("peername"),
             transport.get_extra_info("sockname"),
@@ -240,6 +250,8 @@ class HttpProtocol(asyncio.Protocol):
             cycle.peer_closed()
         self.cycle = cycle
         self.task = None  # started once the head's events are in (_hand_out)
+        if settings.timed:
+            self._arm_request()
 
     def _start_app(self, cycle: RequestCycle) -> None:
         if EAGER_TASKS:
@@ -309,6 +321,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def state_changed(self) -> None:
         """The response is over: log it, then reuse the connection for the next request or close."""
+        self.deadline = 0.0  # the app's own (--timeout-request); the next one is armed below
         worker = self.worker
         worker.requests_served += 1
         if worker.max_requests is not None:
@@ -411,7 +424,12 @@ class HttpProtocol(asyncio.Protocol):
         idle = self._idle
         self.deadline = 0.0
         self._idle = False
-        if self.out.closed or self.cycle is not None:
+        if self.out.closed:
+            return
+        cycle = self.cycle
+        if cycle is not None:
+            # While a request is answered, the only deadline armed is the app's own.
+            self._check_request_time(cycle)
             return
         if idle:
             self.transport.close()
@@ -424,6 +442,61 @@ class HttpProtocol(asyncio.Protocol):
         if self.conn.response_state is _RESPONSE_WAITING:
             self.transport.write(self.conn.error_response(408, "request head not received in time"))
         self.transport.close()
+
+    # ------------------------------------------------------------ --timeout-request(-idle)
+
+    def _arm_request(self) -> None:
+        """A request's app starts: its clock starts too."""
+        settings = self.settings
+        now = self._request_start = self._last_write = self.loop.time()
+        total, idle = settings.timeout_request, settings.timeout_request_idle
+        self.deadline = now + (min(total, idle) if total and idle else total or idle)
+
+    def _timed_write(self, data: bytes) -> None:
+        self._last_write = self.loop.time()
+        self.out.write(data)
+
+    def _timed_writelines(self, data: list[bytes]) -> None:
+        self._last_write = self.loop.time()
+        self.out.writelines(data)
+
+    def _request_limit(self, cycle: RequestCycle) -> float:
+        """The loop time the app must act by: the total limit, or, with the idle one, the
+        last write plus it; a response under way is held to the idle limit alone."""
+        settings = self.settings
+        total, idle = settings.timeout_request, settings.timeout_request_idle
+        if idle:
+            limit = self._last_write + idle
+            if total and cycle.state is not _CYCLE_BODY:
+                limit = min(limit, self._request_start + total)
+            return limit
+        return self._request_start + total
+
+    def _check_request_time(self, cycle: RequestCycle) -> None:
+        # Writes do not move the deadline (that would cost a timer operation per send):
+        # they note their time, and the deadline is worked out again here when it passes.
+        limit = self._request_limit(cycle)
+        now = self.loop.time()
+        if now < limit:
+            self.deadline = limit
+            return
+        settings = self.settings
+        quiet = now - self._last_write  # before the 503 is written, which counts as a write
+        idle = settings.timeout_request_idle and quiet >= settings.timeout_request_idle
+        task = self.task
+        answered = cycle.time_out()
+        self.worker.requests_timed_out += 1
+        client = self.info.client
+        scope = cycle.scope
+        settings.rejections.warning(
+            "Request timed out: %s %s from %s %s (%s), %s",
+            scope["method"], scope["path"], f"{client[0]}:{client[1]}" if client else "unix",
+            f"sent nothing for {quiet:.3g}s" if idle else f"took {now - self._request_start:.3g}s",
+            "--timeout-request-idle" if idle else "--timeout-request",
+            "answered 503" if answered else "connection closed mid-response",
+        )
+        if task is not None and not task.done():
+            task.cancel()
 
     # ------------------------------------------------------------ access log
 

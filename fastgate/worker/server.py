@@ -98,11 +98,13 @@ class Worker:
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         http = config.http
-        self.sweeper = DeadlineSweeper(self.connections, sweep_interval(http.timeout_keep_alive,
-                                                                           http.timeout_request_header))
+        self.sweeper = DeadlineSweeper(self.connections, sweep_interval(
+            http.timeout_keep_alive, http.timeout_request_header, http.timeout_request or 0.0,
+            http.timeout_request_idle or 0.0))
         self.ready = False
         self.draining = False
         self.requests_served = 0
+        self.requests_timed_out = 0  # --timeout-request / --timeout-request-idle
         self.max_requests: int | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.exit_code = EXIT_OK

@@ -41,6 +41,11 @@ class ServerSettings:
         self.trust = ProxyTrust(parse_networks(http.forwarded_allow_ips), enabled=http.proxy_headers)
         self.timeout_keep_alive = http.timeout_keep_alive
         self.timeout_request_header = http.timeout_request_header
+        # --timeout-request / --timeout-request-idle, 0.0 when off; ``timed`` says whether a
+        # request deadline is armed at all (one attribute test per request when off).
+        self.timeout_request = http.timeout_request or 0.0
+        self.timeout_request_idle = http.timeout_request_idle or 0.0
+        self.timed = bool(self.timeout_request or self.timeout_request_idle)
         self.limit_concurrency = http.limit_concurrency
         self.probes = Probes.from_paths(http.health_path, http.ready_path)
         self.rejections = RateLimitedLog(error_logger)

@@ -592,3 +592,54 @@ def test_a_cancelled_error_nobody_requested_is_an_app_error(caplog: pytest.LogCa
         run(main())
     assert channel.data.startswith(b"HTTP/1.1 500 ") and not channel.closed
     assert "Exception in ASGI application" in caplog.text
+
+
+# ----------------------------------------------------------- --timeout-request (time_out)
+
+def test_time_out_before_the_response_answers_503_and_later_sends_raise_client_disconnected() -> None:
+    cycle, channel = make()
+    cycle.feed_end()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the request
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # given, not written
+        assert cycle.time_out() is True
+        seen.append(await receive())
+        for message in ({"type": "http.response.body", "body": b"late"},
+                        {"type": "http.response.start", "status": 200, "headers": []}):
+            with pytest.raises(ClientDisconnected):
+                await send(message)
+
+    run(cycle.run(app))
+    assert seen == [{"type": "http.disconnect"}]
+    assert channel.data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"connection: close\r\n" in channel.data and not channel.closed
+    assert channel.outcomes == [(503, 0)] and not cycle.conn.keep_alive
+
+
+def test_time_out_after_the_response_started_closes_without_another_byte() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        written = channel.data
+        assert cycle.time_out() is False
+        assert channel.data == written and channel.closed
+        with pytest.raises(ClientDisconnected):
+            await send({"type": "http.response.body", "body": b"rest"})
+
+    run(cycle.run(app))
+    assert channel.completed == 0 and cycle.state is ASGIHTTPState.DONE
+
+
+def test_out_of_order_messages_are_still_protocol_errors_while_connected() -> None:
+    cycle, channel = make()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await respond(send)
+        with pytest.raises(ASGIProtocolError, match="'http.response.body' not expected in state done"):
+            await send({"type": "http.response.body", "body": b"again"})
+
+    run(cycle.run(app))
