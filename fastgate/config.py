@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastgate.errors import ConfigError, LocalProtocolError
-from fastgate.fields import check_field
+from fastgate.fields import check_field, is_token
 
 ENV_PREFIX = "FASTGATE_"
 
@@ -151,6 +151,10 @@ class HttpSettings:
         "127.0.0.1,::1", "Comma-separated IPs/CIDRs trusted for proxy headers, or '*'.", kind=STR,
         env=("FORWARDED_ALLOW_IPS",),
     )
+    request_id_header: str | None = option(
+        None, "Echo each request's id in this response header (e.g. X-Request-ID); the id is a trusted proxy's "
+        "X-Request-ID, else generated.", kind=STR, optional=True, metavar="NAME",
+    )
     limit_concurrency: int | None = option(
         None, "Most concurrent connections per worker before answering 503.", kind=INT, optional=True
     )
@@ -207,6 +211,10 @@ class ProcessSettings:
     )
     limit_max_lifetime_jitter: float = option(
         0.0, "Random 0..J seconds added to --limit-max-lifetime so workers don't recycle together.", kind=FLOAT
+    )
+    metrics_bind: str | None = option(
+        None, "Serve Prometheus metrics (all workers added up) from the master at HOST:PORT or unix:PATH.",
+        kind=STR, optional=True, metavar="ADDRESS",
     )
 
 
@@ -559,6 +567,10 @@ def validate(config: Config) -> None:
         if path is not None and not path.startswith("/"):
             raise ConfigError(f"{flag}: must start with '/' (got {path!r})")
     parse_networks(h.forwarded_allow_ips)
+    if h.request_id_header is not None and not is_token(h.request_id_header):
+        raise ConfigError(f"--request-id-header: {h.request_id_header!r} is not a valid header name")
+    if p.metrics_bind is not None:
+        parse_metrics_bind(p.metrics_bind)
     positive("--ws-max-size", w.ws_max_size)
     positive("--ws-max-queue", w.ws_max_queue)
     positive("--ws-ping-interval", w.ws_ping_interval, allow_zero=True)
@@ -638,6 +650,26 @@ def parse_networks(text: str) -> tuple[Network, ...] | None:
                 f"--forwarded-allow-ips: {entry!r} is not an IP address or CIDR (use e.g. 10.0.0.0/8 or '*')"
             ) from None
     return tuple(nets)
+
+
+def parse_metrics_bind(text: str) -> tuple[str, int] | str:
+    """Parse ``--metrics-bind``: ``(host, port)`` for ``HOST:PORT`` / ``[V6]:PORT``, a path
+    for ``unix:PATH``.
+
+    Raises:
+        ConfigError: neither form, or a port outside 0..65535.
+    """
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ConfigError("--metrics-bind: unix: needs a path")
+        return path
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--metrics-bind: {text!r} is not HOST:PORT or unix:PATH")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or "0.0.0.0", int(port))
 
 
 def replace(config: Config, **changes: Any) -> Config:

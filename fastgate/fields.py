@@ -50,6 +50,19 @@ def check_field(name: Any, value: Any) -> None:
         raise LocalProtocolError(f"invalid header value for {name!r}: {value!r}")
 
 
+# An X-Request-ID from a proxy is copied into access logs and echoed in a response header:
+# only a bounded run of token characters plus the separators common ids use (UUIDs, base64
+# with '/', '+', '=', AWS-style "Root=1-..." with ':' and '@'). Anything else is replaced
+# by a generated id rather than escaped, so a log query can trust the field's shape.
+REQUEST_ID_MAX = 200
+_REQUEST_ID = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z/:=@]{1," + str(REQUEST_ID_MAX).encode() + rb"}")
+
+
+def is_request_id(value: bytes) -> bool:
+    """Whether an incoming ``X-Request-ID`` value may be used as it is."""
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
 # Host = uri-host [ ":" port ] (RFC 9110 §7.2), uri-host from RFC 3986 §3.2.2: an IP
 # literal in brackets, or a reg-name of unreserved / pct-encoded / sub-delims (IPv4 is a
 # reg-name lexically). An empty value is allowed: RFC 9112 §3.2 has clients send one when

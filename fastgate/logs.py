@@ -251,12 +251,13 @@ class AccessFormatter:
         length: int,
         duration: float,
         headers: list[tuple[bytes, bytes]],
+        request_id: str | None = None,
     ) -> None:
         """Write one access record: a text line in ``--access-log-format``, or named JSON fields."""
         if self.json_mode:
             fields = self.fields(client=client, method=method, raw_path=raw_path, query=query,
                                  http_version=http_version, status=status, length=length, duration=duration,
-                                 headers=headers)
+                                 headers=headers, request_id=request_id)
             access_logger.info("%s %s %s", method, fields["path"], status, extra={"access": fields})
         else:
             atoms = self.atoms(client=client, method=method, raw_path=raw_path, query=query,

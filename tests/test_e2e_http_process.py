@@ -228,7 +228,31 @@ def test_json_log_format(serve: Serve, workers: str) -> None:
     assert access["method"] == "GET" and access["path"] == "/json-line%20x" and access["query"] == "x=1"
     assert access["status"] == 200 and access["bytes_sent"] == 13 and access["client"].startswith("127.0.0.1:")
     assert access["http_version"] == "1.1" and access["user_agent"] == 't\xff"' and access["referer"] == "r"
-    assert isinstance(access["duration_ms"], float) and "request_id" in access
+    assert isinstance(access["duration_ms"], float)
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", access["request_id"])  # generated: JSON logs use it
+
+
+def test_request_id_header_echoed_and_logged_across_workers(serve: Serve) -> None:
+    server = serve(APP, "--workers", "2", "--log-format", "json", "--request-id-header", "X-Request-ID")
+    echoed: list[str] = []
+    for i in range(20):  # new connections: both workers answer some
+        headers = {"x-request-id": f"from-proxy-{i}"} if i % 2 else {}
+        response = httpx.get(server.url + f"/rid-{i}", headers=headers, timeout=5)
+        echoed.append(response.headers["x-request-id"])
+    assert echoed[1::2] == [f"from-proxy-{i}" for i in range(1, 20, 2)]  # 127.0.0.1 is a trusted proxy
+    assert len(set(echoed)) == 20 and all(re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", e) for e in echoed[0::2])
+    with server.connect() as sock:  # a value the parser takes but our id check refuses (quote, space, obs-text)
+        sock.sendall(b"GET /rid-evil HTTP/1.1\r\nHost: t\r\nX-Request-ID: a\"} set-cookie:\xff\r\n\r\n")
+        status, head, _, _ = read_response(sock)
+    assert status == 200 and b"set-cookie" not in head
+    assert re.fullmatch(rb"[0-9a-f]{12}-[0-9a-f]+", head[b"x-request-id"])
+    wait_for(lambda: server.output.count('"request_id"') >= 21, what="21 access records")
+    server.stop()
+    records = [json.loads(line) for line in server.output.splitlines()
+               if line.strip() and "lifespan shutdown complete" not in line]
+    logged = {r["path"]: r["request_id"] for r in records if r["logger"] == "fastgate.access"}
+    assert [logged[f"/rid-{i}"] for i in range(20)] == echoed
+    assert len({r["pid"] for r in records if r["logger"] == "fastgate.access"}) == 2
 
 
 # ------------------------------------------------------------------ UNIX sockets

@@ -41,7 +41,7 @@ ALLOWED: list[tuple[str, set[str]]] = [
     ("fastgate.asgi", {"fastgate.asgi", "fastgate.http", "fastgate.ws", "fastgate.config", "fastgate.errors",
                        "fastgate.fields"}),
     ("fastgate.worker", {"fastgate.worker", "fastgate.asgi", "fastgate.http", "fastgate.ws", "fastgate.config",
-                         "fastgate.errors", "fastgate.logs", "fastgate.ipc"}),
+                         "fastgate.errors", "fastgate.fields", "fastgate.logs", "fastgate.ipc"}),
     ("fastgate.supervisor", {"fastgate.supervisor", "fastgate.config", "fastgate.errors", "fastgate.ipc",
                              "fastgate.logs", "fastgate.notify", "fastgate.handover"}),
     ("fastgate.runner", {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.handover"}),

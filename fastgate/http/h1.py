@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from fastgate.errors import LocalProtocolError
+from fastgate.fields import check_field
 from fastgate.http.events import (
     END_OF_REQUEST,
     NEED_DATA,
@@ -385,6 +386,19 @@ class H1Connection:
         self._keep_alive = False
         return self.writer.error(status, reason, self._method)
 
+    def set_response_header(self, name: bytes, value: bytes) -> None:
+        """Add one header to the response of the current request only (a request id).
+
+        Args:
+            name: the field name (lower-case bytes).
+            value: the field value.
+
+        Raises:
+            LocalProtocolError: not a valid field line (``fastgate.fields.check_field``).
+        """
+        check_field(name, value)
+        self.writer.request_header = name + b": " + value + b"\r\n"
+
     def start_next_request(self) -> bool:
         """Reset for the next request on a kept-alive connection.
 
@@ -406,6 +420,7 @@ class H1Connection:
         self.request_state = request_state
         self.response_state = response_state
         self._method = "GET"  # until the next head: an error answered meanwhile (408) has a body
+        self.writer.request_header = b""  # it named the request just answered
         return True
 
 

@@ -75,10 +75,13 @@ class ResponseWriter:
         defaults: headers added to every response (Date, Server, ``--header``).
     """
 
-    __slots__ = ("defaults", "framing", "closing", "_remaining")
+    __slots__ = ("defaults", "framing", "closing", "request_header", "_remaining")
 
     def __init__(self, defaults: DefaultHeaders | None = None) -> None:
         self.defaults = defaults or DefaultHeaders()
+        # One validated "name: value\r\n" line for this response only (--request-id-header),
+        # set through H1Connection.set_response_header, cleared for the next request.
+        self.request_header = b""
         self.framing = _LENGTH
         self.closing = False  # this response ends the connection
         self._remaining = 0  # body bytes still owed under Framing.LENGTH
@@ -173,6 +176,8 @@ class ResponseWriter:
             append(defaults.server)
         if defaults.extra:
             append(defaults.extra)
+        if self.request_header:
+            append(self.request_header)
 
         if no_body:
             framing = _NONE
@@ -262,6 +267,7 @@ class ResponseWriter:
                 b"content-length: %d\r\n" % len(body),
                 defaults.date or b"",
                 defaults.server,
+                self.request_header,
                 _CLOSE,
                 b"" if method == "HEAD" else body,  # RFC 9110 §9.3.2
             )

@@ -90,6 +90,7 @@ class HttpProtocol(asyncio.Protocol):
         # --timeout-request(-idle): loop times the app's clock started and it last wrote.
         self._request_start = 0.0
         self._last_write = 0.0
+        self.request_id: str | None = None  # of the request being answered (when ids are on)
 
     # ------------------------------------------------------------ transport events
 
@@ -244,6 +245,13 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         cycle = RequestCycle(build_scope(head, self.info), self.conn, self, expect_continue=head.expect_continue)
+        request_ids = settings.request_ids
+        if request_ids is not None:
+            request_id = self.request_id = request_ids.for_request(head.headers, self.info)
+            if settings.request_id_header is not None:
+                # Valid by construction (generated, or passed is_request_id); set_response_header
+                # still checks it, as every header written goes through check_field.
+                self.conn.set_response_header(settings.request_id_header, request_id.encode("ascii"))
         if settings.access_formatter is not None:
             cycle.start_time = time.perf_counter()
         if self._eof:
@@ -514,4 +522,5 @@ class HttpProtocol(asyncio.Protocol):
             length=cycle.body_bytes,
             duration=time.perf_counter() - cycle.start_time,
             headers=scope["headers"],
+            request_id=self.request_id,
         )

@@ -10,6 +10,7 @@ from fastgate.config import Config, parse_networks
 from fastgate.http.h1 import DefaultHeaders, H1Limits
 from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
 from fastgate.worker.probes import Probes
+from fastgate.worker.request_id import RequestIds
 
 
 class ServerSettings:
@@ -52,3 +53,9 @@ class ServerSettings:
         self.access_formatter: AccessFormatter | None = None
         if config.log.access_log and not access_logger.disabled:
             self.access_formatter = AccessFormatter(config.log.access_log_format, config.log.log_format == "json")
+        # Request ids are worked out only when something uses them: a JSON access record
+        # (its request_id field) or the echo header.
+        self.request_id_header: bytes | None = (
+            http.request_id_header.lower().encode("ascii") if http.request_id_header else None)
+        json_log = self.access_formatter is not None and self.access_formatter.json_mode
+        self.request_ids = RequestIds() if json_log or self.request_id_header is not None else None
