@@ -1,5 +1,10 @@
 """Worker -> master messages over a pipe: one byte each (``READY``, ``BEAT``, ``DRAINING``,
-``RECYCLE``).
+``RECYCLE``), and ``METRICS`` (with ``--metrics-bind``): one byte, a 4-byte big-endian
+length, then the worker's counters as JSON.
+
+A METRICS message is written whole or not at all: it is kept under ``PIPE_BUF`` (4096 on
+Linux), so a write to the non-blocking pipe is atomic. The master keeps what it read of a
+message split over two reads (``Decoder``).
 
 One byte per message means a read never sees half a message, and a write of one byte to a
 pipe is atomic. The worker's end is non-blocking: if the master is slow and the pipe is full,
@@ -20,12 +25,57 @@ DRAINING = b"D"
 # replacement, and tells it to drain once the replacement is ready.
 RECYCLE = b"L"
 
+METRICS = b"M"
+
 MESSAGES = frozenset({READY, BEAT, DRAINING, RECYCLE})
+# The largest METRICS payload written: header and payload stay under PIPE_BUF.
+MAX_METRICS = 4096 - 5
 
 
 def decode(data: bytes) -> list[bytes]:
-    """Split what the master read from a worker pipe into messages (unknown bytes dropped)."""
+    """Split what the master read from a worker pipe into one-byte messages (unknown bytes dropped)."""
     return [m for m in (data[i : i + 1] for i in range(len(data))) if m in MESSAGES]
+
+
+def encode_metrics(payload: bytes) -> bytes:
+    """A METRICS message around ``payload`` (at most ``MAX_METRICS`` bytes)."""
+    return METRICS + len(payload).to_bytes(4, "big") + payload
+
+
+class Decoder:
+    """Split a worker pipe's byte stream into messages: ``(kind, payload)`` pairs.
+
+    One-byte messages have an empty payload; METRICS carries its JSON. Unknown bytes are
+    dropped; a METRICS message cut by the end of a read waits for the rest.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The complete messages in what was read so far."""
+        data = self._pending + data if self._pending else data
+        out: list[tuple[bytes, bytes]] = []
+        i, n = 0, len(data)
+        while i < n:
+            kind = data[i : i + 1]
+            if kind == METRICS:
+                if n - i < 5:
+                    break
+                size = int.from_bytes(data[i + 1 : i + 5], "big")
+                if size > MAX_METRICS:  # not a message we write: resynchronise on the next byte
+                    i += 1
+                    continue
+                if n - i - 5 < size:
+                    break
+                out.append((METRICS, data[i + 5 : i + 5 + size]))
+                i += 5 + size
+                continue
+            if kind in MESSAGES:
+                out.append((kind, b""))
+            i += 1
+        self._pending = data[i:]
+        return out
 
 
 def beat_interval_for(healthcheck_timeout: float) -> float:
@@ -64,6 +114,11 @@ class PipeReporter:
     def recycle(self) -> None:
         self._recycling = True
         self._send(RECYCLE)
+
+    def metrics(self, payload: bytes) -> None:
+        """Ship the worker's counters (dropped, like a beat, when the pipe is full)."""
+        if len(payload) <= MAX_METRICS:
+            self._send(encode_metrics(payload))
 
     def _send(self, message: bytes) -> None:
         if self._gone:

@@ -55,7 +55,7 @@ from typing import Any
 from fastgate import handover, logs, notify
 from fastgate.config import Config
 from fastgate.errors import EXIT_BOOT_FAILED, AppLoadError, BindError, ConfigError
-from fastgate.ipc import BEAT, DRAINING, READY, RECYCLE, decode
+from fastgate.ipc import BEAT, DRAINING, METRICS, READY, RECYCLE, Decoder
 from fastgate.supervisor.events import (
     Action,
     CheckUpgrade,
@@ -110,6 +110,7 @@ MAX_SLEEP = 1.0  # wake at least this often, so a lost wake-up can never stall t
 
 _WAKEUP = "wakeup"
 _RELOAD = "reload"
+_METRICS = "metrics"
 
 
 def policy_settings(config: Config) -> PolicySettings:
@@ -188,6 +189,10 @@ class Master:
         self.pid_to_wid: dict[int, int] = {}
         self.wid_to_pid: dict[int, int] = {}
         self.wid_to_fd: dict[int, int] = {}
+        self.decoders: dict[int, Decoder] = {}  # per worker pipe: a METRICS message may span reads
+        # --metrics-bind: the workers' counters and the scrape endpoint (built in run()).
+        self.metrics_store: Any = None
+        self.metrics_server: Any = None
         self._check_pid: int | None = None  # the pre-exec check process
         self.resumed_from: dict[str, Any] | None = None  # the handover this image started from
         self._wakeup_r: socket.socket | None = None
@@ -219,6 +224,11 @@ class Master:
             settings: PolicySettings | None = None
             if state is not None:
                 settings = self._adopt(state)
+            if self.config.process.metrics_bind is not None:
+                error = self._start_metrics(state)
+                if error is not None:
+                    print(f"fastgate: error: {error}", file=sys.stderr)
+                    return EXIT_BOOT_FAILED
             # Handlers first: a script that sees "Listening" may signal us at once.
             self._setup_signals()
             self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
@@ -247,6 +257,32 @@ class Master:
             return self.exit_code
         finally:
             self._cleanup()
+
+    def _start_metrics(self, state: dict[str, Any] | None) -> str | None:
+        """Bind the scrape endpoint; the error line if that fails."""
+        try:
+            from fastgate.supervisor.metrics import FastgateCollector, MetricsServer, MetricsStore
+        except ImportError as exc:
+            return f"--metrics-bind needs prometheus-client (pip install 'fastgate[metrics]'): {exc}"
+        address = self.config.process.metrics_bind
+        assert address is not None
+        store = MetricsStore()
+        if state is not None and isinstance(state.get("metrics"), dict):
+            store.restore(state["metrics"])  # the exited workers' counts, across exec
+        try:
+            server = MetricsServer(address, self.selector, FastgateCollector(store, self._metric_facts), _METRICS)
+        except (OSError, ConfigError) as exc:
+            return f"--metrics-bind {address}: {exc}"
+        self.metrics_store, self.metrics_server = store, server
+        logger.info("Metrics on %s", server.display)
+        return None
+
+    def _metric_facts(self) -> tuple[list[Any], int, dict[str, int]]:
+        from fastgate.supervisor.metrics import WorkerView
+
+        policy = self.policy
+        workers = [WorkerView(w.wid, w.pid, w.slot, w.generation) for w in policy.workers.values()]
+        return workers, policy.generation, {**policy.restarts, **policy.recycled}
 
     def _preload(self, config: Config) -> str | None:
         """``--preload``: import the app now, before any fork; the error line if it fails."""
@@ -284,6 +320,8 @@ class Master:
                 signals.extend(self._drain_wakeup())
             elif key.data == _RELOAD:
                 reload_requested |= self._read_reload_source()
+            elif key.data == _METRICS:
+                self.metrics_server.on_ready(key.fd, self.clock())
             else:
                 self._read_pipe(key.data)
         for pid, code in self.spawner.reap():
@@ -296,8 +334,11 @@ class Master:
                 logger.debug("Reaped unknown child %d (exit %d)", pid, code)
                 continue
             self.wid_to_pid.pop(wid, None)
-            self._read_pipe(wid)  # a READY/DRAINING written just before exiting
+            self._read_pipe(wid)  # a READY/DRAINING (and its last METRICS) written just before exiting
             self._close_pipe(wid)
+            self.decoders.pop(wid, None)
+            if self.metrics_store is not None:
+                self.metrics_store.retire(wid)
             self._feed(ChildExited(wid, code))
         if reload_requested:
             signals.append(signal.SIGHUP)
@@ -310,6 +351,8 @@ class Master:
                     continue
                 seen.add(sig)
             self._on_signal(sig)
+        if self.metrics_server is not None:
+            self.metrics_server.expire(self.clock())
         self._feed(Tick())
 
     def _on_signal(self, sig: int) -> None:
@@ -479,6 +522,7 @@ class Master:
             "pid_file": self._pid_file_written,
             "watcher": watcher,
             "policy": self.policy.snapshot(),
+            "metrics": self.metrics_store.to_json() if self.metrics_store is not None else None,
         }
 
     def _reexec(self, reason: str) -> list[Action]:
@@ -609,27 +653,32 @@ class Master:
         fd = self.wid_to_fd.get(wid)
         if fd is None:
             return
+        decoder = self.decoders.get(wid)
+        if decoder is None:
+            decoder = self.decoders[wid] = Decoder()
         while True:
             try:
-                data = os.read(fd, 4096)
+                data = os.read(fd, 65536)
             except BlockingIOError:
                 return
             if not data:
                 self._close_pipe(wid)  # the worker closed it; its exit comes through SIGCHLD
                 return
-            rss: int | None = None
-            if self.policy.settings.max_memory is not None and BEAT in data:
-                pid = self.wid_to_pid.get(wid)
-                rss = read_rss(pid) if pid is not None else None
-            for message in decode(data):
-                if message == BEAT:
+            for kind, payload in decoder.feed(data):
+                if kind == BEAT:
+                    rss: int | None = None
+                    if self.policy.settings.max_memory is not None:
+                        pid = self.wid_to_pid.get(wid)
+                        rss = read_rss(pid) if pid is not None else None
                     self._feed(WorkerBeat(wid, rss))
-                elif message == READY:
+                elif kind == READY:
                     self._feed(WorkerReady(wid))
-                elif message == DRAINING:
+                elif kind == DRAINING:
                     self._feed(WorkerDraining(wid))
-                elif message == RECYCLE:
+                elif kind == RECYCLE:
                     self._feed(WorkerRecycle(wid))
+                elif kind == METRICS and self.metrics_store is not None:
+                    self.metrics_store.update(wid, payload)
 
     def _close_pipe(self, wid: int) -> None:
         fd = self.wid_to_fd.pop(wid, None)
@@ -666,6 +715,9 @@ class Master:
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)
         self._discard_pending()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         for listener in self.listeners + (self._backup.listeners or [] if self._backup else []):
             listener.close()
         for wid in list(self.wid_to_fd):
@@ -690,6 +742,11 @@ class Master:
     def _child_main(self, slot: int, generation: int, report_fd: int) -> int:  # pragma: no cover - child
         """Right after fork: drop everything the master owns, then become a worker."""
         signal.set_wakeup_fd(-1)
+        if self.metrics_server is not None:
+            # Not the master's close(): that would unlink a unix: socket the master still serves.
+            for client in self.metrics_server.clients.values():
+                client.sock.close()
+            self.metrics_server.sock.close()
         self.selector.close()
         for sock in (self._wakeup_r, self._wakeup_w):
             if sock is not None:

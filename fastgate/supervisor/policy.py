@@ -182,6 +182,9 @@ class Supervisor:
         self.pending: dict[int, float] = {}  # slot -> time its replacement may spawn
         self.backoff: dict[int, float] = {}  # slot -> last crash delay
         self.recycled: Counter[str] = Counter()  # completed recycles by reason
+        # Workers replaced, by why: "crash", "health-check", "reload" (recycles are in
+        # ``recycled``); read by the master's metrics.
+        self.restarts: Counter[str] = Counter()
         self.upgrade: str | None = None  # an upgrade (re-exec) is being checked: its reason
         self.upgrade_deadline: float | None = None
         self.upgrade_queued: str | None = None
@@ -324,6 +327,7 @@ class Supervisor:
             logger.info("Worker %s exited (%s)", w.pid, how)
         elif w.state is WorkerState.ABORTED:
             logger.error("Worker %s (stuck) exited (%s)", w.pid, how)
+            self.restarts["health-check"] += 1
         elif (
             self.phase is Phase.STARTING
             and not self.ever_ready
@@ -344,6 +348,7 @@ class Supervisor:
             else:
                 delay = min(previous * 2, s.backoff_max)
             self.backoff[w.slot] = delay
+            self.restarts["crash"] += 1
             logger.error("Worker %s exited unexpectedly (%s); restarting slot %d in %.1fs", w.pid, how, w.slot, delay)
             if w.slot < self.target:
                 self.pending[w.slot] = now + delay
@@ -567,10 +572,12 @@ class Supervisor:
         if not old:
             return
         same_slot = [w for w in old if w.slot == new.slot]
+        self.restarts["reload"] += 1
         self._retire((same_slot or old)[0], now, out)
 
     def _finish_reload(self, now: float, out: list[Action]) -> None:
         for w in self._old_workers():
+            self.restarts["reload"] += 1
             self._retire(w, now, out)
         logger.info("Reload complete: generation %d serving", self.generation)
         self.reload = None
@@ -705,6 +712,7 @@ class Supervisor:
             "pending": [[slot, due] for slot, due in self.pending.items()],
             "backoff": [[slot, delay] for slot, delay in self.backoff.items()],
             "recycled": dict(self.recycled),
+            "restarts": dict(self.restarts),
             "workers": [{**dataclasses.asdict(w), "state": w.state.value} for w in self.workers.values()],
         }
 
@@ -720,6 +728,8 @@ class Supervisor:
         sup.pending = {int(slot): float(due) for slot, due in data["pending"]}
         sup.backoff = {int(slot): float(delay) for slot, delay in data["backoff"]}
         sup.recycled = Counter({str(k): int(v) for k, v in data["recycled"].items()})
+        # .get: a snapshot from an image without restart counts still restores.
+        sup.restarts = Counter({str(k): int(v) for k, v in data.get("restarts", {}).items()})
         for raw in data["workers"]:
             w = WorkerRecord(**{**raw, "state": WorkerState(raw["state"])})
             sup.workers[w.wid] = w

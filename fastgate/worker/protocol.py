@@ -123,6 +123,9 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
+        metrics = self.settings.metrics
+        if metrics is not None:
+            metrics.bytes_in += len(data)
         if self._idle:
             # A new request is arriving on a kept-alive connection.
             self.deadline = 0.0
@@ -240,6 +243,8 @@ class HttpProtocol(asyncio.Protocol):
         limit = settings.limit_concurrency
         if limit is not None and len(worker.connections) > limit:
             # Shed the connection, at once (no linger: it would hold the slot longer).
+            if settings.metrics is not None:
+                settings.metrics.rejected(503, "limit-concurrency")
             self.conn.disable_keep_alive()
             self.write(text_response(self.conn, 503, b"Service Unavailable\n"))
             self.transport.close()
@@ -252,7 +257,7 @@ class HttpProtocol(asyncio.Protocol):
                 # Valid by construction (generated, or passed is_request_id); set_response_header
                 # still checks it, as every header written goes through check_field.
                 self.conn.set_response_header(settings.request_id_header, request_id.encode("ascii"))
-        if settings.access_formatter is not None:
+        if settings.access_formatter is not None or settings.metrics is not None:
             cycle.start_time = time.perf_counter()
         if self._eof:
             cycle.peer_closed()
@@ -276,6 +281,8 @@ class HttpProtocol(asyncio.Protocol):
         client = self.info.client
         self.settings.rejections.warning("rejected request from %s: %d %s", f"{client[0]}:{client[1]}"
                                          if client else "unix", event.status, event.reason)
+        if self.settings.metrics is not None:
+            self.settings.metrics.rejected(event.status, event.reason)
         cycle = self.cycle
         if cycle is not None:
             if cycle.state is not _CYCLE_START:
@@ -336,8 +343,14 @@ class HttpProtocol(asyncio.Protocol):
             worker.check_max_requests()
         cycle = self.cycle
         self.cycle = None
-        if cycle is not None and self.settings.access_formatter is not None:
-            self._log_access(cycle)
+        if cycle is not None:
+            settings = self.settings
+            if settings.access_formatter is not None:
+                self._log_access(cycle)
+            metrics = settings.metrics
+            if metrics is not None:
+                metrics.response(cycle.scope["method"], cycle.status, time.perf_counter() - cycle.start_time,
+                                 cycle.body_bytes)
         out = self.out
         if out.closed:
             return
@@ -447,6 +460,8 @@ class HttpProtocol(asyncio.Protocol):
         settings.rejections.warning("request head not received within %gs from %s: 408",
                                     settings.timeout_request_header,
                                     f"{client[0]}:{client[1]}" if client else "unix")
+        if settings.metrics is not None:
+            settings.metrics.rejected(408, "request head not received in time")
         if self.conn.response_state is _RESPONSE_WAITING:
             self.transport.write(self.conn.error_response(408, "request head not received in time"))
         self.transport.close()

@@ -41,6 +41,7 @@ from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 from fastgate.worker.memory import keep_heap
 from fastgate.worker.protocol import HttpProtocol
 from fastgate.worker.settings import ServerSettings
+from fastgate.worker.websocket import WebSocketProtocol
 
 
 class WorkerHooks(Protocol):
@@ -55,6 +56,8 @@ class WorkerHooks(Protocol):
     def draining(self) -> None: ...
 
     def recycle(self) -> None: ...
+
+    def metrics(self, payload: bytes) -> None: ...
 
 
 class Listening(Protocol):
@@ -175,6 +178,7 @@ class Worker:
             self._schedule_beat()
         await self._stop.wait()
         await self._drain()
+        self._ship_metrics()  # the last counts: the master keeps them once this worker is gone
         await lifespan.shutdown()
         self._cancel_timers()
         self.sweeper.close()
@@ -237,11 +241,31 @@ class Worker:
             return
         loop = asyncio.get_running_loop()
 
+        interval: float = hooks.beat_interval
+        metrics = self.settings.metrics
+        due = loop.time()
+
         def beat() -> None:
+            nonlocal due
+            now = loop.time()
             hooks.beat()
-            self._beat_timer = loop.call_later(hooks.beat_interval or 1.0, beat)
+            if metrics is not None:
+                # The timer's lateness is the event loop's lag: how long a callback that was
+                # due waited behind others (a blocking app, a CPU-bound burst).
+                metrics.beat_lag(max(0.0, now - due))
+                self._ship_metrics()
+            due = now + interval
+            self._beat_timer = loop.call_later(interval, beat)
 
         beat()
+
+    def _ship_metrics(self) -> None:
+        metrics = self.settings.metrics
+        if metrics is None or self.hooks is None:
+            return
+        ws = sum(1 for c in self.connections if isinstance(c, WebSocketProtocol))
+        self.hooks.metrics(metrics.snapshot(open_http=len(self.connections) - ws, open_ws=ws,
+                                            requests_served=self.requests_served))
 
     def _cancel_timers(self) -> None:
         for timer in (self._date_timer, self._beat_timer):

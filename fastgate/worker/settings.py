@@ -9,6 +9,7 @@ from fastgate.asgi.types import ASGIApp
 from fastgate.config import Config, parse_networks
 from fastgate.http.h1 import DefaultHeaders, H1Limits
 from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
+from fastgate.worker.metrics import WorkerMetrics
 from fastgate.worker.probes import Probes
 from fastgate.worker.request_id import RequestIds
 
@@ -59,3 +60,6 @@ class ServerSettings:
             http.request_id_header.lower().encode("ascii") if http.request_id_header else None)
         json_log = self.access_formatter is not None and self.access_formatter.json_mode
         self.request_ids = RequestIds() if json_log or self.request_id_header is not None else None
+        # --metrics-bind: counters shipped to the master with each beat; None costs a
+        # request one attribute test.
+        self.metrics = WorkerMetrics() if config.process.metrics_bind is not None else None
