@@ -15,7 +15,7 @@ class (``2xx``), rejection rules by the fixed part of their reason.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 import json
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 MAX_RULES: Final = 64  # distinct rejection labels kept; the rest count as "other"
+MAX_PAIRS: Final = 512  # distinct (method, status) pairs kept; then new ones count as OTHER
 
 
 class WorkerMetrics:
@@ -32,7 +33,7 @@ class WorkerMetrics:
     __slots__ = ("requests", "buckets", "duration_sum", "bytes_in", "bytes_out", "rejections", "lag", "lag_max")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: dict[tuple[str, int], int] = {}
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket (not cumulative); the last is +Inf
         self.duration_sum = 0.0
         self.bytes_in = 0
@@ -42,14 +43,31 @@ class WorkerMetrics:
         self.lag_max = 0.0  # the largest since the last snapshot
 
     def response(self, method: str, status: int, duration: float, body_bytes: int) -> None:
-        """One response ended (called by ``HttpProtocol.state_changed``)."""
-        klass = status // 100 - 1  # -1 when no response was started (the client left): "5xx"
-        key = (method if method in METHODS else "OTHER", STATUS_CLASSES[klass] if 0 <= klass < 5 else "5xx")
+        """One response ended (called by ``HttpProtocol.state_changed``).
+
+        Counted by the raw (method, status) pair, which the common case finds in the dict
+        at once; labels are bounded and grouped into classes only at snapshot time.
+        """
+        key = (method, status)
         requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        self.buckets[bisect.bisect_left(BUCKETS, duration)] += 1
+        try:
+            requests[key] += 1
+        except KeyError:
+            if len(requests) >= MAX_PAIRS or method not in METHODS:
+                key = ("OTHER", status if 100 <= status < 600 else 0)
+            requests[key] = requests.get(key, 0) + 1
+        self.buckets[bisect_left(BUCKETS, duration)] += 1
         self.duration_sum += duration
         self.bytes_out += body_bytes
+
+    def by_class(self) -> dict[tuple[str, str], int]:
+        """Requests by method and status class (``2xx``): the labels the master serves."""
+        out: dict[tuple[str, str], int] = {}
+        for (method, status), n in self.requests.items():
+            klass = status // 100 - 1  # -1 when no response was started (the client left): 5xx
+            key = (method, STATUS_CLASSES[klass] if 0 <= klass < 5 else "5xx")
+            out[key] = out.get(key, 0) + n
+        return out
 
     def rejected(self, status: int, reason: str) -> None:
         """A request the server refused itself (parse errors, 408, 503 shedding)."""
@@ -69,7 +87,7 @@ class WorkerMetrics:
     def snapshot(self, *, open_http: int, open_ws: int, requests_served: int) -> bytes:
         """Cumulative totals and current gauges as compact JSON (the METRICS payload)."""
         data: dict[str, Any] = {
-            "r": [[m, c, n] for (m, c), n in self.requests.items()],
+            "r": [[m, c, n] for (m, c), n in self.by_class().items()],
             "b": self.buckets,
             "s": round(self.duration_sum, 6),
             "i": self.bytes_in,

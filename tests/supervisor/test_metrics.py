@@ -16,7 +16,7 @@ from fastgate.config import parse_metrics_bind
 from fastgate.errors import ConfigError
 from fastgate.supervisor import metrics as sm
 from fastgate.supervisor.policy import ReloadRequested, WorkerBeat
-from fastgate.worker.metrics import BUCKETS, MAX_RULES, WorkerMetrics
+from fastgate.worker.metrics import BUCKETS, MAX_PAIRS, MAX_RULES, WorkerMetrics
 from tests.supervisor.test_policy import FakeSpawner
 
 # ------------------------------------------------------------------ framing
@@ -61,12 +61,15 @@ def test_worker_metrics_count_by_bounded_labels() -> None:
     m.response("GET", 204, 0.2, 0)
     m.response("BREW", 418, 20.0, 7)  # an unknown method: OTHER; past the last bucket: +Inf
     m.response("POST", 0, 0.0, 0)  # no response was started (the client left): 5xx
-    assert m.requests == {("GET", "2xx"): 2, ("OTHER", "4xx"): 1, ("POST", "5xx"): 1}
+    assert m.by_class() == {("GET", "2xx"): 2, ("OTHER", "4xx"): 1, ("POST", "5xx"): 1}
     assert m.buckets[0] == 2 and m.buckets[BUCKETS.index(0.25)] == 1 and m.buckets[-1] == 1
     assert m.bytes_out == 12
     for i in range(MAX_RULES + 10):
         m.rejected(400, f"rule {i}: detail")
     assert len(m.rejections) == MAX_RULES + 1 and m.rejections[(400, "other")] == 10
+    for i in range(MAX_PAIRS + 50):  # a client inventing methods cannot grow the table without bound
+        m.response("GET" if i % 2 else "POST", 100 + i % 500, 0.0, 0)
+    assert len(m.requests) <= MAX_PAIRS + 500 and sum(m.requests.values()) == 4 + MAX_PAIRS + 50
     m.beat_lag(0.5)
     m.beat_lag(0.1)
     snap = json.loads(m.snapshot(open_http=3, open_ws=1, requests_served=4))
