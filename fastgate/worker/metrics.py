@@ -15,8 +15,8 @@ class (``2xx``), rejection rules by the fixed part of their reason.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 import json
+from bisect import bisect_left
 from typing import Any, Final
 
 # Seconds; the upper bounds of the duration histogram (prometheus-client's defaults).
