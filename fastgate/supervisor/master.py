@@ -260,8 +260,10 @@ class Master:
 
     def _start_metrics(self, state: dict[str, Any] | None) -> str | None:
         """Bind the scrape endpoint; the error line if that fails."""
+        from fastgate.supervisor.metrics import MetricsStore
+
         try:
-            from fastgate.supervisor.metrics import FastgateCollector, MetricsServer, MetricsStore
+            from fastgate.supervisor.scrape import FastgateCollector, MetricsServer
         except ImportError as exc:
             return f"--metrics-bind needs prometheus-client (pip install 'fastgate[metrics]'): {exc}"
         address = self.config.process.metrics_bind

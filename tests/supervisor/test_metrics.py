@@ -15,6 +15,7 @@ from fastgate import ipc
 from fastgate.config import parse_metrics_bind
 from fastgate.errors import ConfigError
 from fastgate.supervisor import metrics as sm
+from fastgate.supervisor import scrape
 from fastgate.supervisor.policy import ReloadRequested, WorkerBeat
 from fastgate.worker.metrics import BUCKETS, MAX_PAIRS, MAX_RULES, WorkerMetrics
 from tests.supervisor.test_policy import FakeSpawner
@@ -116,7 +117,7 @@ def render(store: sm.MetricsStore, workers: list[sm.WorkerView], generation: int
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(sm.FastgateCollector(store, lambda: (workers, generation, restarts or {})))
+    registry.register(scrape.FastgateCollector(store, lambda: (workers, generation, restarts or {})))
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:
@@ -155,7 +156,7 @@ class Endpoint:
         self.selector = selectors.DefaultSelector()
         store = sm.MetricsStore()
         store.update(1, snapshot(get=2))
-        self.server = sm.MetricsServer(address, self.selector, sm.FastgateCollector(
+        self.server = scrape.MetricsServer(address, self.selector, scrape.FastgateCollector(
             store, lambda: ([sm.WorkerView(1, 42, 0, 1)], 1, {})), "metrics")
 
     def pump(self, rounds: int = 20, now: float | None = None) -> None:
@@ -204,19 +205,19 @@ def test_endpoint_serves_metrics_and_refuses_the_rest(endpoint: Endpoint) -> Non
     assert endpoint.ask(b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
     assert endpoint.ask(b"DELETE /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
     assert endpoint.ask(b"\x16\x03\x01 tls?\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    assert endpoint.ask(b"GET /metrics " + b"a" * (sm.MAX_REQUEST + 10)) == b""  # no head end: dropped
+    assert endpoint.ask(b"GET /metrics " + b"a" * (scrape.MAX_REQUEST + 10)) == b""  # no head end: dropped
     assert not endpoint.server.clients
 
 
 def test_endpoint_drops_slow_clients_at_their_deadline_and_bounds_their_number(endpoint: Endpoint) -> None:
     address = endpoint.server.sock.getsockname()[:2]
-    silent = [socket.create_connection(address, timeout=5) for _ in range(sm.MAX_CLIENTS + 4)]
+    silent = [socket.create_connection(address, timeout=5) for _ in range(scrape.MAX_CLIENTS + 4)]
     try:
         endpoint.pump(now=0.0)
-        assert len(endpoint.server.clients) == sm.MAX_CLIENTS  # the rest were closed at accept
-        endpoint.pump(1, now=sm.CLIENT_TIMEOUT - 0.1)
-        assert len(endpoint.server.clients) == sm.MAX_CLIENTS
-        endpoint.pump(1, now=sm.CLIENT_TIMEOUT)
+        assert len(endpoint.server.clients) == scrape.MAX_CLIENTS  # the rest were closed at accept
+        endpoint.pump(1, now=scrape.CLIENT_TIMEOUT - 0.1)
+        assert len(endpoint.server.clients) == scrape.MAX_CLIENTS
+        endpoint.pump(1, now=scrape.CLIENT_TIMEOUT)
         assert not endpoint.server.clients
         assert all(sock.recv(1) == b"" for sock in silent)
     finally:
