@@ -131,6 +131,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fastgate`` and ``python -m fastgate``; returns the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in ("status", "ctl"):
+        from fastgate import ctl  # a client of a running master: no config, no app
+
+        return ctl.main(words)
     try:
         config, ns = parse_args(argv)
     except (ConfigError, SystemExit) as exc:

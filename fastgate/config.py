@@ -212,6 +212,10 @@ class ProcessSettings:
     limit_max_lifetime_jitter: float = option(
         0.0, "Random 0..J seconds added to --limit-max-lifetime so workers don't recycle together.", kind=FLOAT
     )
+    control_socket: str | None = option(
+        None, "UNIX socket (mode 0600) for 'fastgate status' and 'fastgate ctl reload|scale N|stop|upgrade'.",
+        kind=STR, optional=True, metavar="PATH",
+    )
     metrics_bind: str | None = option(
         None, "Serve Prometheus metrics (all workers added up) from the master at HOST:PORT or unix:PATH.",
         kind=STR, optional=True, metavar="ADDRESS",

@@ -196,10 +196,11 @@ class ReloadStarted:
 
 @dataclass(frozen=True, slots=True)
 class ReloadEnded:
-    """The reload of ``generation`` completed (``ok``) or was rolled back."""
+    """The reload of ``generation`` completed (``ok``) or was rolled back (``reason``: why)."""
 
     generation: int
     ok: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

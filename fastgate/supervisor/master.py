@@ -86,7 +86,7 @@ from fastgate.supervisor.events import (
     WorkerReady,
     WorkerRecycle,
 )
-from fastgate.supervisor.policy import Phase, Supervisor
+from fastgate.supervisor.policy import Phase, Supervisor, WorkerState
 from fastgate.supervisor.sockets import Listener, bind_all, from_fd, rebind
 from fastgate.supervisor.spawner import (
     Executor,
@@ -111,6 +111,8 @@ MAX_SLEEP = 1.0  # wake at least this often, so a lost wake-up can never stall t
 _WAKEUP = "wakeup"
 _RELOAD = "reload"
 _METRICS = "metrics"
+_CONTROL = "control"
+CONTROL_MARGIN = 10.0  # seconds a waiting control client gets beyond the policy's own timeouts
 
 
 def policy_settings(config: Config) -> PolicySettings:
@@ -193,6 +195,13 @@ class Master:
         # --metrics-bind: the workers' counters and the scrape endpoint (built in run()).
         self.metrics_store: Any = None
         self.metrics_server: Any = None
+        # --control-socket, and the clients waiting for an outcome: (client, generation
+        # at the request) for reloads, (client, n) for scales, clients for stop / upgrade.
+        self.control: Any = None
+        self._reload_waiters: list[tuple[int, int]] = []
+        self._scale_waiters: list[tuple[int, int]] = []
+        self._stop_waiters: list[int] = []
+        self._upgrade_waiters: list[int] = []
         self._check_pid: int | None = None  # the pre-exec check process
         self.resumed_from: dict[str, Any] | None = None  # the handover this image started from
         self._wakeup_r: socket.socket | None = None
@@ -224,8 +233,11 @@ class Master:
             settings: PolicySettings | None = None
             if state is not None:
                 settings = self._adopt(state)
-            if self.config.process.metrics_bind is not None:
+            process = self.config.process
+            if process.metrics_bind is not None or process.control_socket is not None:
                 error = self._start_metrics(state)
+                if error is None and process.control_socket is not None:
+                    error = self._start_control(process.control_socket)
                 if error is not None:
                     print(f"fastgate: error: {error}", file=sys.stderr)
                     return EXIT_BOOT_FAILED
@@ -262,22 +274,124 @@ class Master:
         """Bind the scrape endpoint; the error line if that fails."""
         from fastgate.supervisor.metrics import MetricsStore
 
+        store = MetricsStore()
+        if state is not None and isinstance(state.get("metrics"), dict):
+            store.restore(state["metrics"])  # the exited workers' counts, across exec
+        self.metrics_store = store
+        if self.config.process.metrics_bind is None:
+            return None  # the control socket's status reads the store
         try:
             from fastgate.supervisor.scrape import FastgateCollector, MetricsServer
         except ImportError as exc:
             return f"--metrics-bind needs prometheus-client (pip install 'fastgate[metrics]'): {exc}"
         address = self.config.process.metrics_bind
-        assert address is not None
-        store = MetricsStore()
-        if state is not None and isinstance(state.get("metrics"), dict):
-            store.restore(state["metrics"])  # the exited workers' counts, across exec
         try:
             server = MetricsServer(address, self.selector, FastgateCollector(store, self._metric_facts), _METRICS)
         except (OSError, ConfigError) as exc:
             return f"--metrics-bind {address}: {exc}"
-        self.metrics_store, self.metrics_server = store, server
+        self.metrics_server = server
         logger.info("Metrics on %s", server.display)
         return None
+
+    # ------------------------------------------------------------ control socket
+
+    def _start_control(self, path: str) -> str | None:
+        from fastgate.supervisor.control import ControlServer
+
+        try:
+            self.control = ControlServer(path, self.selector, _CONTROL, self._on_control)
+        except OSError as exc:
+            return f"--control-socket {path}: {exc.strerror or exc}"
+        logger.info("Control socket at %s", path)
+        return None
+
+    def _on_control(self, cid: int, request: dict[str, Any]) -> dict[str, Any] | None:
+        """One control command: the answer, or None when it comes with the outcome."""
+        cmd = request.get("cmd")
+        policy = self.policy
+        now = self.clock()
+        s = policy.settings
+        wait_until = now + s.boot_timeout + s.graceful_timeout + CONTROL_MARGIN
+        if cmd == "status":
+            return self._status()
+        if policy.phase in (Phase.STOPPING, Phase.EXITED):
+            return {"ok": False, "error": "the server is stopping"}
+        if cmd == "reload":
+            self._reload_waiters.append((cid, policy.generation))
+            self.control.wait(cid, wait_until)
+            self._on_signal(signal.SIGHUP)
+            return None
+        if cmd == "scale":
+            n = request.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                return {"ok": False, "error": "scale needs a worker count >= 1"}
+            self._scale_waiters.append((cid, n))
+            self.control.wait(cid, wait_until)
+            sig = signal.SIGTTIN if n > policy.target else signal.SIGTTOU
+            for _ in range(abs(n - policy.target)):
+                self._feed(SignalReceived(sig))
+            return None
+        if cmd == "stop":
+            self._stop_waiters.append(cid)
+            self.control.wait(cid, now + s.graceful_timeout + CONTROL_MARGIN)
+            self._feed(SignalReceived(signal.SIGTERM))
+            return None
+        if cmd == "upgrade":
+            self._upgrade_waiters.append(cid)
+            self.control.wait(cid, wait_until)
+            self._feed(SignalReceived(signal.SIGUSR2))
+            return None
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, scale, stop, upgrade)"}
+
+    def _status(self) -> dict[str, Any]:
+        policy = self.policy
+        now = self.clock()
+        live = self.metrics_store.live if self.metrics_store is not None else {}
+        workers = []
+        for w in sorted(policy.workers.values(), key=lambda w: (w.slot, w.generation)):
+            snap = live.get(w.wid, {})
+            workers.append({
+                "pid": w.pid, "slot": w.slot, "generation": w.generation, "state": w.state.value,
+                "uptime": round(now - w.started_at, 3),
+                "requests": snap.get("n"),
+                "connections": (int(snap.get("h", 0)) + int(snap.get("w", 0))) if snap else None,
+                "rss": read_rss(w.pid) if w.pid is not None else None,
+                "heartbeat_age": round(now - w.last_seen, 3),
+            })
+        return {"ok": True, "master": self.pid, "phase": policy.phase.value, "generation": policy.generation,
+                "target": policy.target, "workers": workers}
+
+    def _check_control_waiters(self) -> None:
+        """Answer the scales that are done and the upgrades the policy gave up."""
+        policy = self.policy
+        if self._scale_waiters:
+            workers = list(policy.workers.values())
+            settled = all(w.state is WorkerState.READY for w in workers)
+            waiting = []
+            for cid, n in self._scale_waiters:
+                if settled and len(workers) == n and policy.target == n:
+                    self.control.answer(cid, {"ok": True, "verdict": f"{n} worker(s) ready", "workers": n})
+                else:
+                    waiting.append((cid, n))
+            self._scale_waiters = waiting
+        if self._upgrade_waiters and policy.upgrade is None and policy.upgrade_queued is None:
+            for cid in self._upgrade_waiters:
+                self.control.answer(cid, {"ok": False, "verdict": "upgrade aborted (the log says why); "
+                                                                  "the running master keeps serving"})
+            self._upgrade_waiters = []
+
+    def _answer_reloads(self, generation: int, ok: bool, reason: str) -> None:
+        if self.control is None:
+            return
+        waiting = []
+        for cid, before in self._reload_waiters:
+            if generation > before:
+                reply = ({"ok": True, "verdict": "replaced", "generation": generation} if ok
+                         else {"ok": False, "verdict": "rolled back", "reason": reason, "generation": generation})
+                self.control.answer(cid, reply)
+            else:
+                waiting.append((cid, before))
+        self._reload_waiters = waiting
 
     def _metric_facts(self) -> tuple[list[Any], int, dict[str, int]]:
         from fastgate.supervisor.metrics import WorkerView
@@ -324,6 +438,8 @@ class Master:
                 reload_requested |= self._read_reload_source()
             elif key.data == _METRICS:
                 self.metrics_server.on_ready(key.fd, self.clock())
+            elif key.data == _CONTROL:
+                self.control.on_ready(key.fd, self.clock())
             else:
                 self._read_pipe(key.data)
         for pid, code in self.spawner.reap():
@@ -356,6 +472,9 @@ class Master:
         if self.metrics_server is not None:
             self.metrics_server.expire(self.clock())
         self._feed(Tick())
+        if self.control is not None:
+            self._check_control_waiters()
+            self.control.expire(self.clock())
 
     def _on_signal(self, sig: int) -> None:
         if sig == signal.SIGCHLD:
@@ -452,6 +571,7 @@ class Master:
             self._on_reload_started()
         elif isinstance(action, ReloadEnded):
             self._on_reload_ended(action.ok)
+            self._answer_reloads(action.generation, action.ok, action.reason)
         elif isinstance(action, ReleaseSlot):
             for listener in self.listeners:
                 listener.release(action.slot)
@@ -534,6 +654,13 @@ class Master:
         image carries on (``run`` with a handover).
         """
         self._discard_pending()  # the new image reads the configuration itself
+        if self.control is not None:
+            # The control socket does not cross exec (the new image binds it again): answer now.
+            verdict = {"ok": True, "verdict": f"re-executing the master in place ({reason}); the new image "
+                                              "adopts the workers and reloads them"}
+            for cid in [c for c, _ in self._reload_waiters] + self._upgrade_waiters:
+                self.control.answer_now(cid, verdict)
+            self._reload_waiters, self._upgrade_waiters = [], []
         env = dict(os.environ)
         env[handover.ENV] = handover.encode(self._handover_state(reason))
         fds = self._inherited_fds()
@@ -717,6 +844,12 @@ class Master:
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)
         self._discard_pending()
+        if self.control is not None:
+            code = self.exit_code if self.exit_code is not None else 0
+            for cid in self._stop_waiters:
+                self.control.answer_now(cid, {"ok": True, "verdict": "stopped", "exit_code": code})
+            self.control.close()
+            self.control = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -744,11 +877,12 @@ class Master:
     def _child_main(self, slot: int, generation: int, report_fd: int) -> int:  # pragma: no cover - child
         """Right after fork: drop everything the master owns, then become a worker."""
         signal.set_wakeup_fd(-1)
-        if self.metrics_server is not None:
-            # Not the master's close(): that would unlink a unix: socket the master still serves.
-            for client in self.metrics_server.clients.values():
-                client.sock.close()
-            self.metrics_server.sock.close()
+        # Not the servers' close(): that would unlink socket files the master still serves.
+        for server in (self.metrics_server, self.control):
+            if server is not None:
+                for client in server.clients.values():
+                    client.sock.close()
+                server.sock.close()
         self.selector.close()
         for sock in (self._wakeup_r, self._wakeup_w):
             if sock is not None:

@@ -598,7 +598,7 @@ class Supervisor:
         self.target = reload.old_target
         self.reload = None
         self.phase = Phase.RUNNING
-        out.append(ReloadEnded(reload.generation, ok=False))
+        out.append(ReloadEnded(reload.generation, ok=False, reason=reason))
         out.append(Notify("READY=1"))
         # Slots whose old worker was already retired keep their ready new worker; any
         # slot left empty is refilled by _fill_slots.

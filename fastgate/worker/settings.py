@@ -60,6 +60,8 @@ class ServerSettings:
             http.request_id_header.lower().encode("ascii") if http.request_id_header else None)
         json_log = self.access_formatter is not None and self.access_formatter.json_mode
         self.request_ids = RequestIds() if json_log or self.request_id_header is not None else None
-        # --metrics-bind: counters shipped to the master with each beat; None costs a
-        # request one attribute test.
-        self.metrics = WorkerMetrics() if config.process.metrics_bind is not None else None
+        # --metrics-bind (and --control-socket, whose status shows requests served and open
+        # connections): counters shipped to the master with each beat; None costs a request
+        # one attribute test.
+        p = config.process
+        self.metrics = WorkerMetrics() if p.metrics_bind is not None or p.control_socket is not None else None

@@ -202,7 +202,8 @@ def test_reload_rolls_back_when_a_new_worker_fails_to_boot():
     new0, new1 = f.pid[new[0].wid], f.pid[new[1].wid]
     acts = f.exited(new0, 4)  # broken app: import error in the new generation
     assert signals(acts) == [(new0, SIGKILL, True), (new1, SIGKILL, True)]
-    assert Notify("READY=1") in acts and ReloadEnded(2, ok=False) in acts
+    assert Notify("READY=1") in acts
+    assert ReloadEnded(2, ok=False, reason="a new worker exited before it was ready (code 4)") in acts
     assert f.sup.phase is Phase.RUNNING
     f.exited(new1, -9)
     # The old generation was never told anything and nothing is respawned.
