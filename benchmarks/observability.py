@@ -16,8 +16,14 @@ Two ways to count for Prometheus are compared on top of the plain run:
 * ``client``: the same three calls on prometheus-client's in-memory metrics (what a
   single process would pay; not usable across workers).
 
+``--wrk`` measures the end-to-end figure instead: one fastgate worker (plus its master)
+under wrk's plaintext keep-alive load, server CPU seconds per request (utime + stime of
+both processes, /proc) for each flag set, as a ratio to the run with neither JSON logs nor
+metrics; the variants are interleaved over the repeats and the median is kept.
+
     python benchmarks/observability.py                 # instructions (needs valgrind)
     python benchmarks/observability.py --time -n 50000
+    python benchmarks/observability.py --wrk --repeats 5 --duration 5
 """
 
 from __future__ import annotations
@@ -132,6 +138,47 @@ def snapshot_cost(n: int) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
+WRK_VARIANTS: dict[str, list[str]] = {
+    "off": [],
+    "json-log": ["--access-log", "--log-format", "json", "--log-file", os.devnull],
+    "metrics": ["--metrics-bind", "127.0.0.1:0"],
+    "json+metrics": ["--access-log", "--log-format", "json", "--log-file", os.devnull,
+                     "--metrics-bind", "127.0.0.1:0"],
+    "request-id": ["--request-id-header", "X-Request-ID"],
+}
+
+
+def wrk_cpu(repeats: int, duration: int, connections: int) -> None:
+    """Server CPU µs per request under wrk, per flag set; median of interleaved repeats."""
+    import statistics
+
+    import run as bench_run
+
+    server = bench_run.Server("fastgate", sys.executable)
+    ncpu = len(os.sched_getaffinity(0))
+    server_cpus, client_cpus = ("0", "1") if ncpu >= 2 else (None, None)
+    (HERE / "results").mkdir(exist_ok=True)
+    costs: dict[str, list[float]] = {name: [] for name in WRK_VARIANTS}
+    workload = bench_run.Workload("plaintext", "plaintext keep-alive")
+    for _ in range(repeats):
+        for name, extra in WRK_VARIANTS.items():
+            with bench_run.running(server, 1, server_cpus, extra) as r:
+                bench_run.run_wrk(r.port, workload, 1, connections, client_cpus)  # warm-up
+                pids = r.pids()
+                cpu0 = bench_run.cpu_seconds(pids)
+                res = bench_run.run_wrk(r.port, workload, duration, connections, client_cpus)
+                cpu = bench_run.cpu_seconds(pids) - cpu0
+            costs[name].append(cpu / res["requests"] * 1e6)
+            print(f"  {name:13} {res['requests'] / res['seconds']:9,.0f} req/s  {costs[name][-1]:6.2f} µs CPU/request",
+                  flush=True)
+    base = statistics.median(costs["off"])
+    print(f"load average {os.getloadavg()[0]:.1f}; median of {repeats}:")
+    for name, values in costs.items():
+        med = statistics.median(values)
+        print(f"{name:13} {med:7.2f} µs CPU/request   {med / base:6.3f} x off   "
+              f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
+
+
 def _count(variant: str, n: int) -> int:
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
            "--drive", variant, "-n", str(n)]
@@ -148,8 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=2000, help="requests (callgrind: the smaller run; the other has 2N)")
     p.add_argument("--time", action="store_true", help="CPU µs/request, best of --repeat, instead of instructions")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--wrk", action="store_true", help="server CPU per request under wrk instead (see above)")
+    p.add_argument("--repeats", type=int, default=3, help="--wrk: interleaved repeats")
+    p.add_argument("--duration", type=int, default=5, help="--wrk: seconds per run")
+    p.add_argument("--connections", type=int, default=64, help="--wrk: connections")
     p.add_argument("--drive", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.wrk:
+        wrk_cpu(args.repeats, args.duration, args.connections)
+        return 0
     if args.drive:
         run(args.drive, 200)  # warm-up, in both runs alike
         run(args.drive, args.n)

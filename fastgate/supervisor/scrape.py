@@ -64,7 +64,7 @@ class FastgateCollector(Collector):
             cumulative.append((bound, running))
         yield HistogramMetricFamily("fastgate_request_duration_seconds",
                                     "Time from the request head to the end of the response.",
-                                    buckets=cumulative, sum_value=totals.duration_sum)
+                                    buckets=cumulative, sum_value=round(totals.duration_sum, 6))
 
         yield CounterMetricFamily("fastgate_received_bytes", "Bytes read from HTTP connections.",
                                   value=totals.bytes_in)
