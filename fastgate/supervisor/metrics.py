@@ -46,6 +46,7 @@ class Totals:
     bytes_in: int = 0
     bytes_out: int = 0
     rejections: Counter[tuple[str, str]] = field(default_factory=Counter)
+    timed_out: int = 0
 
     def add(self, snap: dict[str, Any]) -> None:
         for method, klass, n in snap["r"]:
@@ -57,11 +58,12 @@ class Totals:
         self.bytes_out += int(snap["o"])
         for status, rule, n in snap["x"]:
             self.rejections[(str(status), str(rule))] += int(n)
+        self.timed_out += int(snap.get("t", 0))
 
     def to_json(self) -> dict[str, Any]:
         return {"r": [[m, c, n] for (m, c), n in self.requests.items()], "b": self.buckets, "s": self.duration_sum,
                 "i": self.bytes_in, "o": self.bytes_out,
-                "x": [[s, r, n] for (s, r), n in self.rejections.items()]}
+                "x": [[s, r, n] for (s, r), n in self.rejections.items()], "t": self.timed_out}
 
 
 class MetricsStore:

@@ -78,6 +78,9 @@ class FastgateCollector(Collector):
             rejections.add_metric([status, rule], n)
         yield rejections
 
+        yield CounterMetricFamily("fastgate_request_timeouts", "Apps cancelled by --timeout-request or "
+                                  "--timeout-request-idle.", value=totals.timed_out)
+
         open_connections = GaugeMetricFamily("fastgate_open_connections", "Open client connections.",
                                              labels=["kind"])
         live = [store.live[w.wid] for w in workers if w.wid in store.live]

@@ -84,7 +84,7 @@ class WorkerMetrics:
         if lag > self.lag_max:
             self.lag_max = lag
 
-    def snapshot(self, *, open_http: int, open_ws: int, requests_served: int) -> bytes:
+    def snapshot(self, *, open_http: int, open_ws: int, requests_served: int, timed_out: int = 0) -> bytes:
         """Cumulative totals and current gauges as compact JSON (the METRICS payload)."""
         data: dict[str, Any] = {
             "r": [[m, c, n] for (m, c), n in self.by_class().items()],
@@ -98,6 +98,7 @@ class WorkerMetrics:
             "h": open_http,
             "w": open_ws,
             "n": requests_served,
+            "t": timed_out,
         }
         self.lag_max = self.lag
         return json.dumps(data, separators=(",", ":")).encode("ascii")

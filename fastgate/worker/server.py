@@ -265,7 +265,8 @@ class Worker:
             return
         ws = sum(1 for c in self.connections if isinstance(c, WebSocketProtocol))
         self.hooks.metrics(metrics.snapshot(open_http=len(self.connections) - ws, open_ws=ws,
-                                            requests_served=self.requests_served))
+                                            requests_served=self.requests_served,
+                                            timed_out=self.requests_timed_out))
 
     def _cancel_timers(self) -> None:
         for timer in (self._date_timer, self._beat_timer):

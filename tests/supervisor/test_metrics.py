@@ -76,6 +76,7 @@ def test_worker_metrics_count_by_bounded_labels() -> None:
     snap = json.loads(m.snapshot(open_http=3, open_ws=1, requests_served=4))
     assert snap["l"] == 0.1 and snap["L"] == 0.5 and snap["h"] == 3 and snap["w"] == 1 and snap["n"] == 4
     assert json.loads(m.snapshot(open_http=0, open_ws=0, requests_served=4))["L"] == 0.1  # max since last
+    assert json.loads(m.snapshot(open_http=0, open_ws=0, requests_served=4, timed_out=3))["t"] == 3
     assert len(m.snapshot(open_http=0, open_ws=0, requests_served=4)) <= ipc.MAX_METRICS
 
 
@@ -101,6 +102,9 @@ def test_store_keeps_the_counts_of_exited_workers() -> None:
     store.retire(1)
     assert store.totals().requests[("GET", "2xx")] == 10 and store.totals().rejections[("431", "header field "
                                                                                          "too large")] == 1
+    store.update(4, json.dumps({**json.loads(snapshot()), "t": 2}).encode())
+    store.retire(4)
+    assert store.totals().timed_out == 2
     store.update(3, snapshot(get=1))  # the replacement starts from zero
     assert store.totals().requests[("GET", "2xx")] == 11
     store.update(3, b"{not json")
@@ -144,6 +148,7 @@ def test_collector_output_parses_and_adds_up() -> None:
     assert restarts == {"crash": 1, "health-check": 0, "reload": 0, "max-requests": 2, "memory": 0, "lifetime": 0}
     assert {lab["pid"] for lab, _ in samples["fastgate_event_loop_lag_seconds"]} == {"101", "102"}
     assert samples["fastgate_workers"][0][1] == 2 and samples["fastgate_generation"][0][1] == 2
+    assert samples["fastgate_request_timeouts_total"][0][1] == 0
 
 
 # ------------------------------------------------------------------ the scrape endpoint
