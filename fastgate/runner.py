@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastgate import handover, logs
-from fastgate.config import Config
+from fastgate.config import Config, replace
 
 
 def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
@@ -29,6 +29,12 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
         config = handover.config_from(state)
     if config.process.workers == 0:
         from fastgate.supervisor.sockets import bind_all
+
+        if config.process.metrics_bind is not None or config.process.control_socket is not None:
+            # Both are served by the master: without one, the worker would count for nobody.
+            logs.error_logger.warning("--metrics-bind and --control-socket need a master (--workers 1 or more): "
+                                      "ignored with --workers 0")
+            config = replace(config, metrics_bind=None, control_socket=None)
         from fastgate.worker.server import run_single
 
         return run_single(config, bind_all)

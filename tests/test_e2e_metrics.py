@@ -175,3 +175,12 @@ def _status(address: tuple[str, int], request: bytes) -> int:
             return read_response(sock)[0]
     except (ConnectionError, OSError):
         return 0
+
+
+def test_single_process_mode_says_metrics_need_a_master(serve: Serve) -> None:
+    server = serve(APP, "--workers", "0", "--metrics-bind", "127.0.0.1:0")
+    server.wait_line("--metrics-bind and --control-socket need a master")
+    assert "Metrics on" not in server.output
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock)[0] == 200
