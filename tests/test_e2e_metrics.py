@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
 
 from tests.server import ServerProcess, read_response, recv_until_closed, wait_for
 
@@ -184,3 +185,21 @@ def test_single_process_mode_says_metrics_need_a_master(serve: Serve) -> None:
     with server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_response(sock)[0] == 200
+
+
+def test_open_websockets_and_http_connections_are_gauged(serve: Serve) -> None:
+    server = serve("tests.ws.apps:app", "--workers", "2", "--metrics-bind", "127.0.0.1:0",
+                   "--timeout-worker-healthcheck", "1")
+    server.wait_line("All 2 worker")
+    idle = server.connect()  # an HTTP connection that sent nothing yet
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=10) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+            wait_for(lambda: value(scrape(server), "fastgate_open_connections", kind="websocket") == 1
+                     and value(scrape(server), "fastgate_open_connections", kind="http") == 1,
+                     what="one WebSocket and one HTTP connection open")
+        idle.close()
+        wait_for(lambda: value(scrape(server), "fastgate_open_connections") == 0, what="all closed")
+    finally:
+        idle.close()
