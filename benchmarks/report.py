@@ -19,7 +19,8 @@ TITLES = {
     "pipelined": "pipelined ×16",
     "post": "POST 64 KiB echo",
     "stream": "streamed download (1 MiB)",
-    "ws": "WebSocket echo, 32 B text",
+    "ws": "WebSocket echo, 32 B text, 8 in flight",
+    "ws1": "WebSocket echo, 32 B text, 1 in flight",
     "workers2": "plaintext, 2 workers",
 }
 BYTES = {"post": 65536, "stream": 16 * 65536}

@@ -235,6 +235,7 @@ class Workload:
     script: str | None = None
     headers: tuple[str, ...] = ()
     ws: bool = False
+    ws_window: int = 8  # WebSocket messages in flight per connection
     workers: int = 1
     bytes_per_request: int = 0  # response body bytes, for MiB/s
 
@@ -246,7 +247,9 @@ WORKLOADS = [
     Workload("pipelined", "pipelined ×16", script="pipeline.lua"),
     Workload("post", "POST 64 KiB echo", path="/echo", script="post.lua", bytes_per_request=65536),
     Workload("stream", "streamed download 1 MiB", path="/stream", bytes_per_request=16 * 65536),
-    Workload("ws", "WebSocket echo 32 B", ws=True),
+    Workload("ws", "WebSocket echo 32 B, 8 in flight", ws=True),
+    # The usual chat pattern: each client waits for the echo before sending again.
+    Workload("ws1", "WebSocket echo 32 B, 1 in flight", ws=True, ws_window=1),
     Workload("workers2", "plaintext, 2 workers", workers=2),
 ]
 
@@ -295,9 +298,12 @@ def run_wrk(port: int, wl: Workload, duration: float, connections: int, cpus: st
     return res
 
 
-def run_ws(port: int, duration: float, connections: int, cpus: str | None, warmup: float) -> dict[str, Any]:
+def run_ws(port: int, duration: float, connections: int, cpus: str | None, warmup: float,
+           window: int = 8) -> dict[str, Any]:
+    # 8 in flight: half the connections (32 x 8 messages); 1 in flight: all of them (64 x 1).
+    conns = max(1, connections // 2) if window > 1 else connections
     argv = [sys.executable, str(HERE / "ws_load.py"), "--port", str(port), "--duration", str(duration),
-            "--connections", str(max(1, connections // 2)), "--warmup", str(warmup)]
+            "--connections", str(conns), "--window", str(window), "--warmup", str(warmup)]
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + 60)
@@ -317,7 +323,7 @@ def measure(r: Running, wl: Workload, args: argparse.Namespace, client_cpus: str
         pids = r.pids()
         cpu0 = cpu_seconds(pids)
         t0 = time.monotonic()
-        res = run_ws(r.port, args.duration, args.connections, client_cpus, warmup=args.warmup)
+        res = run_ws(r.port, args.duration, args.connections, client_cpus, warmup=args.warmup, window=wl.ws_window)
         # ws_load's own warm-up and teardown happen outside its measured window but inside
         # ours: scale CPU by the measured share of wall time (the server is saturated throughout).
         wall = time.monotonic() - t0
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else 1
     all_servers = "fastgate,uvicorn,granian,hypercorn,gunicorn"
     names = (args.servers or ("fastgate,uvicorn" if quick else all_servers)).split(",")
-    wl_names = (args.workloads or ("plaintext,json,close,pipelined,post,stream,ws" if quick
+    wl_names = (args.workloads or ("plaintext,json,close,pipelined,post,stream,ws,ws1" if quick
                                    else ",".join(w.name for w in WORKLOADS))).split(",")
     workloads = [w for w in WORKLOADS if w.name in wl_names]
     if shutil.which("wrk") is None:
