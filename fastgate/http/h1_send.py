@@ -35,14 +35,30 @@ _LENGTH, _CHUNKED, _NONE = Framing.LENGTH, Framing.CHUNKED, Framing.NONE
 
 
 class DefaultHeaders:
-    """Headers the server adds to every response; ``date`` is refreshed by the worker."""
+    """Headers the server adds to every response; ``date`` is refreshed by the worker.
 
-    __slots__ = ("date", "server", "extra")
+    ``tail`` is Date, Server and the ``--header`` lines joined, rebuilt when the date
+    changes (once a second): a response whose app set neither Date nor Server, nearly
+    every one, appends it as one piece.
+    """
+
+    __slots__ = ("_date", "server", "extra", "tail")
 
     def __init__(self, *, server: bytes | None = b"fastgate", extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self.date: bytes | None = None  # b"date: ...\r\n" once the worker's timer sets it
+        self._date: bytes | None = None
         self.server = b"server: " + server + b"\r\n" if server else b""
         self.extra = b"".join(n + b": " + v + b"\r\n" for n, v in extra)
+        self.tail = self.server + self.extra
+
+    @property
+    def date(self) -> bytes | None:
+        """``b"date: ...\\r\\n"`` once the worker's timer sets it (None: no Date header)."""
+        return self._date
+
+    @date.setter
+    def date(self, line: bytes | None) -> None:
+        self._date = line
+        self.tail = (line or b"") + self.server + self.extra
 
 
 def _status_line(code: int) -> bytes:
@@ -170,12 +186,18 @@ class ResponseWriter:
                 continue
             append(name + b": " + value + b"\r\n")
         defaults = self.defaults
-        if not has_date and defaults.date:
-            append(defaults.date)
-        if not has_server and defaults.server:
-            append(defaults.server)
-        if defaults.extra:
-            append(defaults.extra)
+        if has_date or has_server:
+            date = defaults.date
+            if not has_date and date:
+                append(date)
+            if not has_server and defaults.server:
+                append(defaults.server)
+            if defaults.extra:
+                append(defaults.extra)
+        else:
+            tail = defaults.tail
+            if tail:
+                append(tail)
         if self.request_header:
             append(self.request_header)
 
