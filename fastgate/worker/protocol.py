@@ -43,6 +43,10 @@ from fastgate.worker.websocket import WebSocketProtocol
 # already current. Before 3.12 every request pays a call_soon and a loop iteration.
 EAGER_TASKS = sys.version_info >= (3, 12)
 
+# The name of every request's task. Python 3.11 formats a fresh "Task-<n>" for an unnamed
+# task at creation (about 1,400 instructions, 1.5 % of a request); 3.12 only when asked.
+REQUEST_TASK_NAME: Final = "fastgate.request"
+
 # States compared on the hot path, as module names: reading a member from its Enum class
 # costs about 1,000 instructions on Python 3.11, a global about 50.
 _REQUEST_HEAD: Final = RequestState.HEAD
@@ -272,9 +276,12 @@ class HttpProtocol(asyncio.Protocol):
             # no call_soon and loop iteration per request. It is still a Task, so
             # asyncio.current_task() (anyio cancel scopes) sees the same task throughout.
             coro = cycle.run(self.settings.app)
-            self.task = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+            self.task = asyncio.Task(coro, loop=self.loop, name=REQUEST_TASK_NAME,  # type: ignore[call-arg,unused-ignore]
+                                     eager_start=True)
         else:
-            self.task = self.loop.create_task(cycle.run(self.settings.app))
+            # asyncio.Task itself, not loop.create_task: uvloop's wrapper parses its keyword
+            # arguments again (about 1,300 instructions), and the name spares the formatting.
+            self.task = asyncio.Task(cycle.run(self.settings.app), loop=self.loop, name=REQUEST_TASK_NAME)
 
     def _on_bad_request(self, event: BadRequest) -> None:
         self.out.flush()
