@@ -224,18 +224,136 @@ def _run_protocol(n: int, request: bytes, per_connection: bool) -> float:
     return uvloop.run(main())
 
 
-MODES = {"h1": bench_h1, "cycle": bench_cycle, "protocol": bench_protocol, "close": bench_close}
+# ------------------------------------------------------------------ WebSocket, one message in flight
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def _ws_frame(text: bytes = b"x" * 32, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """A masked text frame as a client sends it (ws_load.py's 32-byte message)."""
+    return bytes((0x81, 0x80 | len(text))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+WS_FRAME = _ws_frame()
+
+
+async def ws_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """benchmarks/app.py's WebSocket echo."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+def bench_ws_websockets(n: int, request: bytes) -> float:
+    """websockets' sans-I/O ServerProtocol alone: parse a frame, build the echo's frame."""
+    from websockets.frames import Frame
+    from websockets.protocol import OPEN
+    from websockets.server import ServerProtocol
+
+    proto = ServerProtocol()
+    proto.state = OPEN
+    proto.parser = proto.parse()  # skip the handshake: frames straight away
+    next(proto.parser)
+    frame = WS_FRAME
+    t0 = time.process_time()
+    for _ in range(n):
+        proto.receive_data(frame)
+        for event in proto.events_received():
+            assert isinstance(event, Frame)
+            proto.send_text(event.data)
+        proto.data_to_send()
+    return time.process_time() - t0
+
+
+def bench_ws_session(n: int, request: bytes) -> float:
+    """Plus fastgate's WebSocketSession: ASGI messages in and out (text decoded, encoded)."""
+    from fastgate.ws.session import WebSocketSession
+
+    head = _upgrade_head()
+    session = WebSocketSession()
+    assert session.receive_request(head)
+    session.accept()
+    session.data_to_send()
+    frame = WS_FRAME
+    t0 = time.process_time()
+    for _ in range(n):
+        session.receive_data(frame)
+        for message in session.events_received():
+            session.send_text(message["text"])
+        session.data_to_send()
+    return time.process_time() - t0
+
+
+def _upgrade_head() -> RequestHead:
+    conn = H1Connection(defaults=_defaults())
+    conn.receive_data(UPGRADE)
+    event = conn.next_event()
+    head = getattr(event, "head", None)
+    assert isinstance(head, RequestHead), event
+    return head
+
+
+def bench_ws_protocol(n: int, request: bytes) -> float:
+    """WebSocketProtocol.data_received on a fake transport in a uvloop loop, the echo app in
+    its task: everything but the kernel, one message in flight (the chat pattern)."""
+    import uvloop
+
+    from fastgate.http.events import UpgradeRequest
+    from fastgate.worker.flow import FlowControl
+    from fastgate.worker.server import Worker
+    from fastgate.worker.websocket import WebSocketProtocol
+
+    config = replace(Config(), access_log=False, app="bench:ws_echo", ws_ping_interval=0.0)
+
+    async def main() -> float:
+        worker = Worker(config, ws_echo, [])
+        transport = FakeTransport()
+        info = ConnectionInfo(("127.0.0.1", 50000), ("127.0.0.1", 8000))
+        proto = WebSocketProtocol(worker, transport, FlowControl(transport), info)  # type: ignore[arg-type]
+        proto.start(UpgradeRequest(_upgrade_head(), b""))
+        for _ in range(10):  # the app accepts: the 101 goes out
+            await asyncio.sleep(0)
+        assert transport.writes == 1, "no 101"
+        feed = proto.data_received
+        sleep = asyncio.sleep
+        frame = WS_FRAME
+        t0 = time.process_time()
+        for _ in range(n):
+            transport.writes = 0
+            feed(frame)
+            while transport.writes == 0:  # the app's task echoes; the write buffer flushes at the iteration's end
+                await sleep(0)
+        elapsed = time.process_time() - t0
+        proto.connection_lost(None)
+        await sleep(0)
+        worker.sweeper.close()
+        return elapsed
+
+    return uvloop.run(main())
+
+
+MODES = {"h1": bench_h1, "cycle": bench_cycle, "protocol": bench_protocol, "close": bench_close,
+         "ws_websockets": bench_ws_websockets, "ws_session": bench_ws_session, "ws_protocol": bench_ws_protocol}
+# What `--mode all` runs (the WebSocket modes are asked for by name or with --mode ws).
+HTTP_MODES = ("h1", "cycle", "protocol", "close")
+WS_MODES = ("ws_websockets", "ws_session", "ws_protocol")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="fastgate sans-I/O and protocol micro-benchmark")
-    p.add_argument("--mode", choices=[*MODES, "all"], default="all")
+    p.add_argument("--mode", choices=[*MODES, "all", "ws"], default="all",
+                   help="one mode; all: the HTTP ones; ws: the WebSocket ones (one message in flight)")
     p.add_argument("-n", type=int, default=100_000, help="requests per repeat")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--big", action="store_true", help="a browser-like request with 9 headers")
     args = p.parse_args(argv)
     request = REQUEST_BIG if args.big else REQUEST
-    modes = list(MODES) if args.mode == "all" else [args.mode]
+    modes = list(HTTP_MODES) if args.mode == "all" else list(WS_MODES) if args.mode == "ws" else [args.mode]
     for mode in modes:
         fn = MODES[mode]
         fn(min(args.n, 2000), request)  # warm-up

@@ -19,6 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODES = ("h1", "cycle", "protocol", "close")
+WS_MODES = ("ws_websockets", "ws_session", "ws_protocol")  # per WebSocket message, one in flight
 
 
 def _drive(mode: str, n: int, big: bool) -> None:
@@ -44,15 +45,16 @@ def _count(mode: str, n: int, big: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=[*MODES, "all"], default="all")
+    p.add_argument("--mode", choices=[*MODES, *WS_MODES, "all", "ws"], default="all",
+                   help="one mode; all: the HTTP ones; ws: the WebSocket ones")
     p.add_argument("-n", type=int, default=2000, help="requests in the smaller run (the other has 2N)")
     p.add_argument("--big", action="store_true", help="the browser-like request with 9 headers")
-    p.add_argument("--drive", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--drive", choices=[*MODES, *WS_MODES], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.drive:
         _drive(args.drive, args.n, args.big)
         return 0
-    for mode in MODES if args.mode == "all" else (args.mode,):
+    for mode in MODES if args.mode == "all" else WS_MODES if args.mode == "ws" else (args.mode,):
         one, two = _count(mode, args.n, args.big), _count(mode, 2 * args.n, args.big)
         print(f"{mode:9} {(two - one) / args.n:10,.0f} instructions/request")
     return 0
