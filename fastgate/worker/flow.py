@@ -9,6 +9,7 @@ part of the code resuming for its own reason never undoes another's pause.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 # Why reading is paused.
 READ_BACKLOG = 1  # received data waits for the app (request body buffer, WebSocket queue)
@@ -26,7 +27,7 @@ class FlowControl:
     pipelined requests.
     """
 
-    __slots__ = ("transport", "write_paused", "read_block", "_drain_waiter")
+    __slots__ = ("transport", "write_paused", "read_block", "_drain_waiter", "_ready")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -35,6 +36,7 @@ class FlowControl:
         # pause_reading / resume_reading are the only writers.
         self.read_block = 0
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[None] | None = None  # a finished future: drain() when nothing waits
 
     @property
     def read_paused(self) -> bool:
@@ -74,13 +76,28 @@ class FlowControl:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def drain(self) -> None:
+    def drain(self) -> Awaitable[None]:
+        """Await it to wait until the transport accepts more data.
+
+        When writing is not paused (nearly always) this is a future that is already
+        finished, made once per connection: awaiting it returns at once, without a coroutine
+        per call (an app sending a WebSocket message or a body chunk awaits one each time).
+        """
+        if not self.write_paused and not self.transport.is_closing():
+            ready = self._ready
+            if ready is None:
+                ready = self._ready = asyncio.get_running_loop().create_future()
+                ready.set_result(None)
+            return ready
+        return self._wait()
+
+    async def _wait(self) -> None:
         if not self.write_paused:
-            if self.transport.is_closing():
-                # connection_lost comes in a later loop iteration. Yield so that it can run:
-                # an app sending in a loop would otherwise spin here, never suspended and never
-                # told the peer is gone (asyncio's StreamWriter.drain yields for the same reason).
-                await asyncio.sleep(0)
+            # The transport is closing: connection_lost comes in a later loop iteration.
+            # Yield so that it can run: an app sending in a loop would otherwise spin here,
+            # never suspended and never told the peer is gone (asyncio's StreamWriter.drain
+            # yields for the same reason).
+            await asyncio.sleep(0)
             return
         waiter = self._drain_waiter
         if waiter is None:

@@ -324,7 +324,7 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ Channel
 
     def drain(self) -> Awaitable[None]:
-        return self.flow.drain()  # its coroutine, not one more wrapped around it
+        return self.flow.drain()  # its awaitable, not a coroutine wrapped around it
 
     def pause_reading(self) -> None:
         self.flow.pause_reading(READ_BACKLOG)

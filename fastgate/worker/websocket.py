@@ -176,7 +176,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.out.writelines(parts)
 
     def drain(self) -> Awaitable[None]:
-        return self.flow.drain()  # its coroutine, not one more wrapped around it
+        return self.flow.drain()  # its awaitable, not a coroutine wrapped around it
 
     def pause_reading(self) -> None:
         if not self.out.closed:

@@ -108,3 +108,32 @@ def test_drain_does_not_yield_when_open_and_not_paused() -> None:
         return bool(ran)
 
     assert asyncio.run(main()) is False
+
+
+def test_drain_when_not_paused_is_one_finished_future_per_connection() -> None:
+    # No coroutine per call: an app sending many messages awaits the same finished future;
+    # a pause in between still makes the next drain wait.
+    async def main() -> list[str]:
+        flow, _ = make()
+        first, second = flow.drain(), flow.drain()
+        assert first is second and isinstance(first, asyncio.Future) and first.done()
+        await first
+        await second
+        order: list[str] = []
+        flow.pause_writing()
+        waiting = flow.drain()
+        assert waiting is not first
+
+        async def writer() -> None:
+            await waiting
+            order.append("drained")
+
+        task = asyncio.get_running_loop().create_task(writer())
+        await asyncio.sleep(0)
+        order.append("resume")
+        flow.resume_writing()
+        await task
+        assert flow.drain() is first
+        return order
+
+    assert asyncio.run(main()) == ["resume", "drained"]
