@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Final
 
 from fastgate.asgi.scope import ConnectionInfo, build_scope
 from fastgate.asgi.ws_cycle import Inbox, WebSocketCycle
@@ -38,12 +39,14 @@ from fastgate.http.events import UpgradeRequest
 from fastgate.worker.connection import Host
 from fastgate.worker.flow import READ_BACKLOG, READ_HANDSHAKE, FlowControl
 from fastgate.worker.output import WriteBuffer
-from fastgate.ws.session import PENDING_LIMIT, WebSocketSession, deflate_factory
+from fastgate.ws.session import PENDING_LIMIT, SessionState, WebSocketSession, deflate_factory
 
 ws_logger = logging.getLogger("fastgate.ws")
 
 # Seconds the peer has to close TCP after the closing handshake (websockets' default).
 CLOSE_TIMEOUT = 10.0
+
+_SESSION_OPEN: Final = SessionState.OPEN  # a module name: cheaper than the Enum class attribute
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -150,7 +153,9 @@ class WebSocketProtocol(asyncio.Protocol):
                         transport.write_eof()
                     else:
                         transport.close()
-            if self.deadline == 0.0 and session.close_expected():
+            # An open session expects no close (websockets' own answer while OPEN): two
+            # calls per message spared, the session's state read instead.
+            if self.deadline == 0.0 and session.state is not _SESSION_OPEN and session.close_expected():
                 self.deadline = self.loop.time() + CLOSE_TIMEOUT
         self._deliver()
         flow = self.flow
