@@ -46,6 +46,7 @@ class Server:
     python: str  # interpreter (its bin/ holds the server's console script)
     version: str = ""
     kind: str = ""  # fastgate, uvicorn, ... (default: the name)
+    env: dict[str, str] | None = None  # more environment for the server (FASTGATE_PURE=1)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -165,7 +166,7 @@ class Running:
         argv = [*server.argv(self.port, workers), *extra]  # extra: more server flags (resources.py)
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(server.env or {}))
         self.log = open(HERE / "results" / f"{server.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -368,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     args.no_micro = args.no_micro or quick
     args.duration = args.duration or (2 if quick else 5)
     args.warmup = args.warmup if args.warmup is not None else 1
-    all_servers = "fastgate,uvicorn,granian,hypercorn,gunicorn"
+    # fastgate-pure: the same install with FASTGATE_PURE=1 (the pure-Python build beside the compiled one).
+    all_servers = "fastgate,fastgate-pure,uvicorn,granian,hypercorn,gunicorn"
     names = (args.servers or ("fastgate,uvicorn" if quick else all_servers)).split(",")
     wl_names = (args.workloads or ("plaintext,json,close,pipelined,post,stream,ws,ws1" if quick
                                    else ",".join(w.name for w in WORKLOADS))).split(",")
@@ -382,12 +384,16 @@ def main(argv: list[str] | None = None) -> int:
 
     servers = []
     for name in names:
-        py = os.path.abspath(args.fastgate_python if name == "fastgate" else args.peers_python)
+        ours = name in ("fastgate", "fastgate-pure")
+        py = os.path.abspath(args.fastgate_python if ours else args.peers_python)
         if not Path(py).exists():
             print(f"run.py: {py} missing (make bench installs it)", file=sys.stderr)
             return 2
-        module = {"gunicorn": "gunicorn"}.get(name, name)
-        servers.append(Server(name, py, pkg_version(py, module if name != "fastgate" else "fastgate")))
+        if ours:
+            servers.append(Server(name, py, pkg_version(py, "fastgate"), kind="fastgate",
+                                  env={"FASTGATE_PURE": "1"} if name == "fastgate-pure" else None))
+            continue
+        servers.append(Server(name, py, pkg_version(py, name)))
     for extra in args.extra:
         # NAME=KIND:PYTHON, e.g. fastgate-py3.12=fastgate:/path/venv312/bin/python
         name, _, rest = extra.partition("=")
