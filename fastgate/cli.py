@@ -25,6 +25,7 @@ _SECTION_TITLES = {
     "process": "processes",
     "reload": "development reload",
     "log": "logging",
+    "tls": "TLS",
 }
 
 

@@ -107,7 +107,8 @@ class BindSettings:
     uds_mode: str = option("660", "Octal file mode of the UNIX socket.", kind=STR)
     fd: int | None = option(None, "Serve an already-listening socket inherited as this fd.", kind=INT, optional=True)
     bind: tuple[str, ...] = option(
-        (), "Listen address, repeatable: HOST:PORT, [::]:PORT, unix:PATH or fd://N.", kind=LIST, metavar="ADDRESS"
+        (), "Listen address, repeatable: HOST:PORT, [::]:PORT, unix:PATH or fd://N; "
+        "prefixed 'tls:' (tls:0.0.0.0:8443) it serves TLS.", kind=LIST, metavar="ADDRESS"
     )
     backlog: int = option(2048, "Listen queue length.", kind=INT)
     reuse_port: bool = option(
@@ -252,6 +253,40 @@ class LogSettings:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSSettings:
+    """TLS, with uvicorn's flag names. The SSLContext is built from these in the process that
+    uses it (``fastgate.tls``); the master builds one only to check the files."""
+
+    ssl_certfile: str | None = option(
+        None, "Certificate chain file (PEM). Alone, it makes every listener TLS; with 'tls:' binds, only those.",
+        kind=STR, optional=True, metavar="FILE",
+    )
+    ssl_keyfile: str | None = option(
+        None, "Private key file (PEM); default: the key is in --ssl-certfile.", kind=STR, optional=True,
+        metavar="FILE",
+    )
+    ssl_keyfile_password: str | None = option(
+        None, "Password of an encrypted --ssl-keyfile.", kind=STR, optional=True, metavar="PASSWORD"
+    )
+    ssl_ca_certs: str | None = option(
+        None, "CA certificates (PEM) client certificates are verified against (mutual TLS).", kind=STR,
+        optional=True, metavar="FILE",
+    )
+    ssl_cert_reqs: int = option(
+        0, "Client certificates: 0 not asked for, 1 optional (verified if sent), 2 required (as ssl.CERT_*).",
+        kind=INT,
+    )
+    ssl_ciphers: str | None = option(
+        None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's); default: OpenSSL's.", kind=STR,
+        optional=True,
+    )
+    ssl_version: str | None = option(
+        None, "Lowest TLS version: TLSv1_2 (always the floor) or TLSv1_3; uvicorn's numbers (ssl.PROTOCOL_*) "
+        "are accepted and can only raise the floor.", kind=STR, optional=True,
+    )
+
+
 SECTIONS: dict[str, type] = {
     "app": AppSettings,
     "bind": BindSettings,
@@ -260,6 +295,7 @@ SECTIONS: dict[str, type] = {
     "process": ProcessSettings,
     "reload": ReloadSettings,
     "log": LogSettings,
+    "tls": TLSSettings,
 }
 
 
@@ -274,6 +310,7 @@ class Config:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
     def flat(self) -> dict[str, Any]:
         """All options as one ``{name: value}`` mapping (the TOML file's shape)."""
@@ -292,6 +329,11 @@ class Config:
     def listeners_changed(self, old: Config) -> bool:
         """Whether a reload from ``old`` to this config must rebind sockets."""
         return bool(self.diff(old) & {"host", "port", "uds", "uds_mode", "fd", "bind", "backlog", "reuse_port"})
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether any listener serves TLS (a certificate is configured)."""
+        return self.tls.ssl_certfile is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +590,7 @@ def validate(config: Config) -> None:
     positive("--fd", b.fd, allow_zero=True)
     for address in b.bind:
         parse_bind(address)
+    validate_tls(config)
     positive("--limit-request-line", h.limit_request_line)
     positive("--limit-request-fields", h.limit_request_fields)
     positive("--limit-request-field-size", h.limit_request_field_size)
@@ -599,8 +642,69 @@ def validate(config: Config) -> None:
         raise ConfigError(f"--root-path: must start with '/' (got {config.app.root_path!r})")
 
 
+# uvicorn's --ssl-version takes an ssl.PROTOCOL_* number; the ones that name one version.
+# Below TLS 1.2 (PROTOCOL_TLSv1 = 3, PROTOCOL_TLSv1_1 = 4) and the "any version" ones
+# (PROTOCOL_TLS = 2, PROTOCOL_TLS_SERVER = 17) leave the floor at 1.2.
+_TLS_VERSIONS = {"tlsv1_2": "1.2", "1.2": "1.2", "5": "1.2", "tlsv1_3": "1.3", "1.3": "1.3",
+                 "2": "1.2", "17": "1.2", "3": "1.2", "4": "1.2", "tlsv1": "1.2", "tlsv1_1": "1.2"}
+
+
+def tls_minimum(config: Config) -> str:
+    """The lowest TLS version served, ``"1.2"`` or ``"1.3"`` (``--ssl-version`` can only raise it)."""
+    version = config.tls.ssl_version
+    return "1.2" if version is None else _TLS_VERSIONS[version.strip().lower()]
+
+
+def validate_tls(config: Config) -> None:
+    """The TLS options hang together (the files themselves are checked by ``fastgate.tls``)."""
+    t = config.tls
+    tls_binds = [a for a in config.bind.bind if a.startswith(TLS_PREFIX)]
+    if t.ssl_certfile is None:
+        for flag, value in (("--ssl-keyfile", t.ssl_keyfile), ("--ssl-keyfile-password", t.ssl_keyfile_password),
+                            ("--ssl-ca-certs", t.ssl_ca_certs), ("--ssl-ciphers", t.ssl_ciphers),
+                            ("--ssl-version", t.ssl_version)):
+            if value is not None:
+                raise ConfigError(f"{flag}: needs --ssl-certfile (the server's certificate)")
+        if t.ssl_cert_reqs:
+            raise ConfigError("--ssl-cert-reqs: needs --ssl-certfile (the server's certificate)")
+        if tls_binds:
+            raise ConfigError(f"--bind {tls_binds[0]!r}: a TLS listener needs --ssl-certfile (and --ssl-keyfile)")
+    if t.ssl_cert_reqs not in (0, 1, 2):
+        raise ConfigError(f"--ssl-cert-reqs: expected 0 (none), 1 (optional) or 2 (required), got {t.ssl_cert_reqs}")
+    if t.ssl_cert_reqs and t.ssl_ca_certs is None:
+        raise ConfigError("--ssl-cert-reqs: verifying client certificates needs --ssl-ca-certs")
+    if t.ssl_version is not None and t.ssl_version.strip().lower() not in _TLS_VERSIONS:
+        raise ConfigError(f"--ssl-version: expected TLSv1_2 or TLSv1_3 (or an ssl.PROTOCOL_* number), "
+                          f"got {t.ssl_version!r}")
+
+
+TLS_PREFIX = "tls:"
+
+
+def bind_is_tls(config: Config, address: str | None) -> bool:
+    """Whether a listener serves TLS: its ``--bind`` value carries ``tls:``, or a certificate
+    is configured and no bind carries the prefix (then every listener does, as with uvicorn's
+    ``--ssl-certfile``). ``address`` None: a listener not from ``--bind`` (--uds, --fd, --host,
+    systemd's)."""
+    if config.tls.ssl_certfile is None:
+        return False
+    if any(a.startswith(TLS_PREFIX) for a in config.bind.bind):
+        return address is not None and address.startswith(TLS_PREFIX)
+    return True
+
+
+def listener_is_tls(config: Config, key: tuple[str, Any] | None) -> bool:
+    """``bind_is_tls`` for a bound listener, known by its key (what ``parse_bind`` returned for
+    its address; None or ``("systemd", fd)`` for one that came from elsewhere)."""
+    if key is not None:
+        for address in config.bind.bind:
+            if parse_bind(address) == key:
+                return bind_is_tls(config, address)
+    return bind_is_tls(config, None)
+
+
 def parse_bind(address: str) -> tuple[str, Any]:
-    """Parse one ``--bind`` value.
+    """Parse one ``--bind`` value (a ``tls:`` prefix marks a TLS listener: see ``bind_is_tls``).
 
     Returns:
         ``("tcp", (host, port))``, ``("unix", path)`` or ``("fd", fd)``.
@@ -608,6 +712,8 @@ def parse_bind(address: str) -> tuple[str, Any]:
     Raises:
         ConfigError: the address has none of the accepted forms.
     """
+    if address.startswith(TLS_PREFIX):
+        address = address[len(TLS_PREFIX):]
     if address.startswith("unix:"):
         path = address[5:]
         if not path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTEN_RE = re.compile(r"Listening on (http://\[?([0-9a-fA-F.:]+)\]?:(\d+)|unix:(\S+))")
+LISTEN_RE = re.compile(r"Listening on (https?://\[?([0-9a-fA-F.:]+)\]?:(\d+)|unix:(\S+))")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:

@@ -34,6 +34,8 @@ ALLOWED: list[tuple[str, set[str]]] = [
     # The master's handover across exec: the running config, and fastgate's version for the log.
     ("fastgate.handover", {"fastgate", "fastgate.config"}),
     ("fastgate.logs", {"fastgate.config", "fastgate.errors"}),
+    # The SSLContext from TLSSettings, built where it is used (worker) or checked (master).
+    ("fastgate.tls", {"fastgate.config", "fastgate.errors"}),
     ("fastgate.asgi.types", set()),
     ("fastgate.asgi.channel", set()),
     ("fastgate.http", {"fastgate.http", "fastgate.errors", "fastgate.fields"}),
@@ -41,9 +43,9 @@ ALLOWED: list[tuple[str, set[str]]] = [
     ("fastgate.asgi", {"fastgate.asgi", "fastgate.http", "fastgate.ws", "fastgate.config", "fastgate.errors",
                        "fastgate.fields"}),
     ("fastgate.worker", {"fastgate.worker", "fastgate.asgi", "fastgate.http", "fastgate.ws", "fastgate.config",
-                         "fastgate.errors", "fastgate.fields", "fastgate.logs", "fastgate.ipc"}),
+                         "fastgate.errors", "fastgate.fields", "fastgate.logs", "fastgate.ipc", "fastgate.tls"}),
     ("fastgate.supervisor", {"fastgate.supervisor", "fastgate.config", "fastgate.errors", "fastgate.ipc",
-                             "fastgate.logs", "fastgate.notify", "fastgate.handover"}),
+                             "fastgate.logs", "fastgate.notify", "fastgate.handover", "fastgate.tls"}),
     ("fastgate.runner", {"fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.handover"}),
     ("fastgate.cli", {"fastgate", "fastgate.config", "fastgate.errors", "fastgate.logs", "fastgate.runner",
                       "fastgate.handover", "fastgate.ctl"}),

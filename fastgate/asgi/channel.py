@@ -40,3 +40,12 @@ class Channel(Protocol):
         """The cycle moved the shared sans-I/O object: an HTTP response ended (the next
         request may go, or the connection closes); a WebSocket session has output, events
         or a new state (write, deliver, arm the timers)."""
+
+
+class HTTPChannel(Channel, Protocol):
+    """What the HTTP cycle asks besides: sending a file (``http.response.pathsend``)."""
+
+    def send_file(self, fd: int, count: int) -> Awaitable[int]:
+        """Send ``count`` bytes of the open file ``fd`` from its start, after what was written;
+        the result is how many went out, fewer when the file ended early or the peer left.
+        Zero copy where the connection allows it."""

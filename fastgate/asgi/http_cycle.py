@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 from typing import Any, Final
 
-from fastgate.asgi.channel import Channel
+from fastgate.asgi.channel import HTTPChannel
 from fastgate.asgi.cycle import AppCycle
 from fastgate.asgi.types import Message, Scope
 from fastgate.errors import ASGIProtocolError, ClientDisconnected, LocalProtocolError
@@ -77,9 +78,12 @@ class RequestCycle(AppCycle):
         "_disconnected",
         "_peer_closed",
         "_waiter",
+        "_trailers",
+        "_trailer_fields",
     )
 
-    def __init__(self, scope: Scope, conn: H1Connection, channel: Channel, *, expect_continue: bool = False) -> None:
+    def __init__(self, scope: Scope, conn: H1Connection, channel: HTTPChannel, *,
+                 expect_continue: bool = False) -> None:
         self.scope = scope
         self._refused = None
         self.conn = conn
@@ -96,6 +100,10 @@ class RequestCycle(AppCycle):
         self._disconnected = False
         self._peer_closed = False
         self._waiter: asyncio.Future[None] | None = None
+        # http.response.trailers: the app announced trailers (1), its last body message
+        # went out and they are awaited (2); 0: none.
+        self._trailers = 0
+        self._trailer_fields: list[Any] = []
 
     # ----------------------------------------------------------- from the protocol
 
@@ -198,6 +206,19 @@ class RequestCycle(AppCycle):
                 self._send_first_body(message.get("body", b""), message.get("more_body", False))
                 return
             raise self._out_of_order(mtype, state)
+        if mtype == "http.response.pathsend":
+            if state is not _STARTED:
+                raise self._out_of_order(mtype, state)
+            await self._send_path(message["path"])
+            return
+        if mtype == "http.response.trailers":
+            if state is not _BODY or self._trailers != 2:
+                if self._disconnected:
+                    raise ClientDisconnected("client disconnected")
+                raise ASGIProtocolError("'http.response.trailers' not expected: trailers were not announced in "
+                                        "http.response.start, or the body is not complete")
+            self._send_trailers(message.get("headers", ()), message.get("more_trailers", False))
+            return
         if mtype == "http.response.start":
             if state is not _START:
                 raise self._out_of_order(mtype, state)
@@ -211,6 +232,11 @@ class RequestCycle(AppCycle):
                     raise self._refuse(exc, "response") from None
             self.status = status
             self.headers = message.get("headers", ())
+            if message.get("trailers", False):
+                if "http.response.trailers" not in self.scope["extensions"]:
+                    raise ASGIProtocolError("'trailers' in http.response.start, but the http.response.trailers "
+                                            "extension is not offered (the client sent no TE: trailers)")
+                self._trailers = 1
             self.state = _STARTED
             return
         raise ASGIProtocolError(f"unexpected ASGI message type {mtype!r}")
@@ -226,6 +252,10 @@ class RequestCycle(AppCycle):
         """The head goes out with the first body message, in one write."""
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
+        if self._trailers and not more_body:
+            # The body ends, the response does not: the trailers close the chunked body.
+            self._trailers = 2
+            more_body = True
         conn = self.conn
         try:
             if len(body) >= VECTOR_MIN:  # beside the head, not joined to it: no copy
@@ -251,6 +281,9 @@ class RequestCycle(AppCycle):
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         end = not more_body
+        if end and self._trailers:
+            self._trailers = 2
+            end = False
         try:
             if len(body) >= VECTOR_MIN:  # framed around the data, not joined to it: no copy
                 parts = self.conn.send_body_parts(body, end)
@@ -266,6 +299,59 @@ class RequestCycle(AppCycle):
         else:
             self.channel.writelines(parts)
         return True
+
+    async def _send_path(self, path: str) -> None:
+        """``http.response.pathsend``: the whole body is the file at ``path``, sent by the
+        connection (zero copy where it can); the states go STARTED -> BODY -> DONE as for
+        a body message."""
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        if self._trailers:
+            raise ASGIProtocolError("'http.response.pathsend' cannot be followed by trailers")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            # Nothing is out yet: the app's error boundary answers 500.
+            raise ASGIProtocolError(f"http.response.pathsend: cannot open {path!r}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            conn = self.conn
+            try:
+                head = conn.start_response(self.status, self.headers)
+                before, count, after = conn.send_file(size)
+            except LocalProtocolError as exc:
+                raise self._refuse(exc, "response") from None
+            self.state = _BODY
+            self.channel.write(head + before if before else head)
+            sent = await self.channel.send_file(fd, count) if count else 0
+        finally:
+            os.close(fd)
+        self.body_bytes = sent
+        if sent < count:
+            if not self._disconnected and not self.channel.is_closing():
+                logger.warning("%s: the file %r ended after %d of %d bytes (truncated while sent?): closing the "
+                               "connection", self._where(), path, sent, count)
+            self._abort()
+            return
+        if after:
+            self.channel.write(after)
+        self._finish()
+
+    def _send_trailers(self, headers: Any, more_trailers: bool) -> None:
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        fields = self._trailer_fields
+        fields.extend(headers)
+        if more_trailers:
+            return  # written in one piece with the last trailers message
+        try:
+            data = self.conn.send_trailers(fields)
+        except LocalProtocolError as exc:
+            raise ASGIProtocolError(str(exc)) from None
+        if data:
+            self.channel.write(data)
+        self._trailers = 0
+        self._finish()
 
     def _finish(self) -> None:
         self.state = _DONE

@@ -204,15 +204,17 @@ class ConnectionInfo:
         peername: the transport's ``peername`` (an address tuple, or a UNIX socket's "").
         sockname: the transport's ``sockname`` (an address tuple, or a UNIX socket's path).
         tls: the connection is TLS (``https`` / ``wss``).
+        tls_info: the ASGI ``tls`` extension of a TLS connection (``fastgate.tls``), or None.
         root_path: ``--root-path``.
         state: the lifespan state, copied into every scope.
         trust: which peers may set forwarding headers.
     """
 
-    __slots__ = ("client", "server", "scheme", "root_path", "state", "trust", "proxy_trusted")
+    __slots__ = ("client", "server", "scheme", "root_path", "state", "trust", "proxy_trusted", "tls_info")
 
     def __init__(self, peername: Any, sockname: Any, *, tls: bool = False, root_path: str = "",
-                 state: dict[str, Any] | None = None, trust: ProxyTrust | None = None) -> None:
+                 state: dict[str, Any] | None = None, trust: ProxyTrust | None = None,
+                 tls_info: dict[str, Any] | None = None) -> None:
         self.client = _address(peername)
         server: ServerAddress | None = _address(sockname)
         unix = isinstance(sockname, str)
@@ -220,6 +222,7 @@ class ConnectionInfo:
             server = (sockname, None)  # UNIX socket: the path, no port
         self.server = server
         self.scheme = "https" if tls else "http"
+        self.tls_info = tls_info
         self.root_path = root_path
         self.state: dict[str, Any] = state if state is not None else {}
         self.trust = trust = trust or ProxyTrust(None, enabled=False)
@@ -265,10 +268,16 @@ def build_scope(head: RequestHead, info: ConnectionInfo, subprotocols: list[str]
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if info.scheme == "https" else "ws"
         scope["subprotocols"] = subprotocols
-        scope["extensions"] = {"websocket.http.response": {}}
+        extensions: dict[str, Any] = {"websocket.http.response": {}}
     else:
         scope["method"] = head.method
-        scope["extensions"] = {}
+        # Every HTTP connection sends files (zero copy in the clear, read in chunks under
+        # TLS); trailers only to a client that said it takes them (TE: trailers).
+        extensions = ({"http.response.pathsend": {}, "http.response.trailers": {}} if head.te_trailers
+                      else {"http.response.pathsend": {}})
+    if info.tls_info is not None:
+        extensions["tls"] = info.tls_info
+    scope["extensions"] = extensions
     if head.forwarded and info.proxy_trusted:
         fwd = read_forwarded(head.headers, info.trust)
         if fwd is not None:

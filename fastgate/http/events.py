@@ -25,6 +25,7 @@ class RequestHead:
         "expect_continue",
         "upgrade",
         "forwarded",
+        "te_trailers",
     )
 
     def __init__(
@@ -39,6 +40,7 @@ class RequestHead:
         expect_continue: bool,
         upgrade: bytes | None,
         forwarded: bool = False,
+        te_trailers: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -50,6 +52,7 @@ class RequestHead:
         self.expect_continue = expect_continue
         self.upgrade = upgrade
         self.forwarded = forwarded  # carries a proxy header (Forwarded, X-Forwarded-*)
+        self.te_trailers = te_trailers  # an HTTP/1.1 request with TE: trailers
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method} {self.target!r} HTTP/{self.http_version}, {len(self.headers)} headers)"

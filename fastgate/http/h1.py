@@ -362,6 +362,24 @@ class H1Connection:
             self.response_state = self.response_state.moves[_BODY_END] or self.response_state
             raise
 
+    def send_file(self, size: int) -> tuple[bytes, int, bytes]:
+        """The rest of the body is a file of ``size`` bytes: its framing (``ResponseWriter.file_framing``).
+
+        Raises:
+            LocalProtocolError: no response body was started.
+        """
+        self._body_transition(True)
+        return self.writer.file_framing(size)
+
+    def send_trailers(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """End the body (sent with ``end=False``) with trailer fields; the response is over.
+
+        Raises:
+            LocalProtocolError: an invalid trailer field, a short body, or no body started.
+        """
+        self._body_transition(True)
+        return self.writer.trailers(headers)
+
     def _body_transition(self, end: bool) -> None:
         state = self.response_state
         if state is not _RESPONSE_BODY:

@@ -122,6 +122,7 @@ class RequestReader:
         "_chunked",
         "_te_other",
         "_forwarded",
+        "_te_trailers",
         "_rare",
         "_upgrade_head",
         "_replay",
@@ -152,7 +153,8 @@ class RequestReader:
         self._chunked = False
         self._te_other: bytes | None = None  # a transfer coding other than chunked (501)
         self._forwarded = False
-        self._rare = False  # one of the five flags above was set (see on_message_begin)
+        self._te_trailers = False  # TE: trailers (the client accepts response trailers)
+        self._rare = False  # one of the six flags above was set (see on_message_begin)
         # A WebSocket head waiting for llhttp's upgrade pause (it becomes an UpgradeRequest).
         self._upgrade_head: RequestHead | None = None
         # The framing head to replay for an ignored upgrade (h2c) that carries a body.
@@ -249,6 +251,7 @@ class RequestReader:
             self._chunked = False
             self._te_other = None
             self._forwarded = False
+            self._te_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self._progress = True
@@ -327,6 +330,13 @@ class RequestReader:
         # Noted here, where every header passes anyway, so that building the scope only
         # walks the headers again for the rare request that carries one.
         self._forwarded = self._rare = True
+
+    def _on_te(self, value: bytes) -> None:
+        # RFC 9110 §10.1.4: "trailers" in TE says the client will not drop trailer fields.
+        # Noted here for the scope's http.response.trailers extension.
+        if b"trailers" in [t.partition(b";")[0].strip().lower() for t in value.split(b",")]:
+            self._te_trailers = True
+        self._rare = True
 
     def on_chunk_header(self) -> None:
         self._progress = True
@@ -414,6 +424,7 @@ class RequestReader:
             self._expect_continue and version == "1.1",  # never 100 to HTTP/1.0 (RFC 9110 §10.1.1)
             upgrade,
             self._forwarded,
+            self._te_trailers and version == "1.1",  # trailers need chunked framing
         )
         if upgrade is not None:
             self._upgrade_head = head  # becomes an UpgradeRequest once llhttp stops
@@ -551,6 +562,7 @@ _SPECIAL_HEADERS = {
     b"transfer-encoding": RequestReader._on_transfer_encoding,
     b"expect": RequestReader._on_expect,
     b"upgrade": RequestReader._on_upgrade_header,
+    b"te": RequestReader._on_te,
     **dict.fromkeys(PROXY_HEADERS, RequestReader._on_proxy_header),
 }
 

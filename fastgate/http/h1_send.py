@@ -271,6 +271,48 @@ class ResponseWriter:
             return [b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n" if end else b"\r\n"]
         return [self.body(data, end)]
 
+    def file_framing(self, size: int) -> tuple[bytes, int, bytes]:
+        """Frame a file of ``size`` bytes sent as the whole rest of the body (pathsend).
+
+        Returns:
+            ``(before, count, after)``: bytes to write before the file, how many bytes of
+            the file to send, bytes to write after them. Under Content-Length ``count`` is
+            what the header promised: a file that turns out shorter breaks the response,
+            and the sender must close (``closing``).
+        """
+        framing = self.framing
+        if framing is _LENGTH:
+            count, self._remaining = self._remaining, 0
+            return b"", count, b""
+        if framing is _CHUNKED:
+            if size:
+                return b"%x\r\n" % size, size, b"\r\n0\r\n\r\n"
+            return b"", 0, b"0\r\n\r\n"
+        if framing is _NONE:
+            return b"", 0, b""
+        return b"", size, b""  # close-delimited
+
+    def trailers(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """End a chunked body with trailer fields (``http.response.trailers``).
+
+        Under any other framing the trailers are dropped (the extension allows it: they are
+        advisory), and the body must be complete.
+
+        Raises:
+            LocalProtocolError: an invalid trailer field, or a Content-Length body that
+                ended short (``closing`` is then set).
+        """
+        lines = []
+        for name, value in headers:
+            check_field(name, value)
+            lines.append(name + b": " + value + b"\r\n")
+        if self.framing is _CHUNKED:
+            return b"0\r\n" + b"".join(lines) + b"\r\n"
+        if self.framing is _LENGTH and self._remaining:
+            self.closing = True
+            raise LocalProtocolError("response body shorter than its Content-Length")
+        return b""
+
     def error(self, status: int, reason: str, method: str) -> bytes:
         """A complete plain-text error response; the connection closes after it.
 

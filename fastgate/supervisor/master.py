@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastgate import handover, logs, notify
-from fastgate.config import Config
-from fastgate.errors import EXIT_BOOT_FAILED, AppLoadError, BindError, ConfigError
+from fastgate.config import Config, listener_is_tls
+from fastgate.errors import EXIT_BOOT_FAILED, EXIT_USAGE, AppLoadError, BindError, ConfigError
 from fastgate.ipc import BEAT, DRAINING, METRICS, READY, RECYCLE, Decoder
 from fastgate.supervisor.events import (
     Action,
@@ -97,6 +97,7 @@ from fastgate.supervisor.spawner import (
     preload_app,
     report_app_load_error,
 )
+from fastgate.tls import check as check_tls
 
 logger = logging.getLogger("fastgate.error")
 
@@ -225,6 +226,11 @@ class Master:
         state = handover.take()
         if state is None:
             try:
+                check_tls(self.config)
+            except ConfigError as exc:
+                print(f"fastgate: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            try:
                 self.listeners = bind_all(self.config, per_slot=True)
             except BindError as exc:
                 print(f"fastgate: error: {exc}", file=sys.stderr)
@@ -246,7 +252,7 @@ class Master:
             self._write_pid_file()  # before the "Listening" lines, which tell a waiting script we are up
             if state is None:
                 for listener in self.listeners:
-                    logger.info("Listening on %s (pid %d)", listener.display, self.pid)
+                    logger.info("Listening on %s (pid %d)", self._describe(listener), self.pid)
                 self._life_r, self._life_w = os.pipe()
             if self.reload_fd is not None:
                 os.set_blocking(self.reload_fd, False)
@@ -481,7 +487,10 @@ class Master:
             return  # reaping happens on every iteration
         if sig == signal.SIGHUP:
             if self.policy.phase not in (Phase.STOPPING, Phase.EXITED):  # no config reading while stopping
-                self._feed(ReloadRequested(self._reload_config()))
+                settings = self._reload_config()
+                if self._tls_reload_refused():
+                    return
+                self._feed(ReloadRequested(settings))
             return
         if sig == signal.SIGUSR1:
             logs.reopen_files()
@@ -515,6 +524,24 @@ class Master:
         self._pending = _PendingConfig(new, listeners)
         return policy_settings(new)
 
+    def _tls_reload_refused(self) -> bool:
+        """Re-check the certificate files (renewed, perhaps) the new generation will load.
+
+        A pair that does not load now would fail every new worker: the reload is not
+        started and the running workers keep serving with the certificate they loaded.
+        """
+        target = self._pending.config if self._pending is not None else self.config
+        try:
+            check_tls(target)
+        except ConfigError as exc:
+            logger.error("Reload refused, the workers keep serving with the certificate they loaded: %s", exc)
+            self._discard_pending()
+            return True
+        return False
+
+    def _describe(self, listener: Listener) -> str:
+        return listener.describe(listener_is_tls(self.config, listener.key))
+
     def _discard_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None and pending.listeners is not None:
@@ -533,7 +560,7 @@ class Master:
         if pending.listeners is not None:
             for listener in pending.listeners:
                 if all(listener is not old for old in self.listeners):
-                    logger.info("Listening on %s (pid %d)", listener.display, self.pid)
+                    logger.info("Listening on %s (pid %d)", self._describe(listener), self.pid)
             self.listeners = pending.listeners
 
     def _on_reload_ended(self, ok: bool) -> None:
@@ -732,6 +759,11 @@ class Master:
         except ConfigError:
             old = new
         self.config = old
+        try:
+            check_tls(new)
+        except ConfigError as exc:
+            logger.error("Reload: %s; configuration ignored, keeping the current one", exc)
+            return None
         listeners: list[Listener] | None = None
         if new.listeners_changed(old):
             try:
@@ -900,8 +932,9 @@ class Master:
                 if id(sock) not in keep:
                     sock.close()
         assert self._life_r is not None
+        tls = [listener_is_tls(self.config, listener.key) for listener in self.listeners]
         return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid,
-                             app=self.app)
+                             app=self.app, tls=tls)
 
 
 @dataclass(slots=True)

@@ -72,13 +72,18 @@ class Listener:
 
     @property
     def display(self) -> str:
+        return self.describe(False)
+
+    def describe(self, tls: bool) -> str:
+        """Where it listens, for the log: ``http://`` or ``https://`` address, ``unix:`` path, fd."""
+        suffix = " (TLS)" if tls else ""
         if self.unix_path is not None:
-            return f"unix:{self.unix_path}"
+            return f"unix:{self.unix_path}{suffix}"
         addr = self.sock.getsockname()
         if isinstance(addr, tuple):
             host = f"[{addr[0]}]" if self.sock.family == socket.AF_INET6 else addr[0]
-            return f"http://{host}:{addr[1]}"
-        return f"fd://{self.sock.fileno()} ({addr!r})"
+            return f"{'https' if tls else 'http'}://{host}:{addr[1]}"
+        return f"fd://{self.sock.fileno()} ({addr!r}){suffix}"
 
     def close(self) -> None:
         """Close the socket; the process that bound a UNIX socket also removes its file."""

@@ -200,7 +200,7 @@ def report_app_load_error(exc: AppLoadError) -> None:
 
 def become_worker(
     config: Config, sockets: Sequence[socket.socket], *, report_fd: int, parent_fd: int, master_pid: int,
-    app: Any = None,
+    app: Any = None, tls: Sequence[bool] = (),
 ) -> int:  # pragma: no cover - runs in the child
     """The child's entry into the worker code, imported only after fork.
 
@@ -210,4 +210,5 @@ def become_worker(
     """
     from fastgate.worker.server import run_worker
 
-    return run_worker(config, sockets, report_fd=report_fd, parent_fd=parent_fd, master_pid=master_pid, app=app)
+    return run_worker(config, sockets, report_fd=report_fd, parent_fd=parent_fd, master_pid=master_pid, app=app,
+                      tls=tls)

@@ -23,6 +23,7 @@ stays flat however many requests one read carries.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from fastgate.asgi.http_cycle import ASGIHTTPState, RequestCycle
 from fastgate.asgi.scope import ConnectionInfo, build_scope
 from fastgate.http.events import END_OF_REQUEST, NEED_DATA, PAUSED, BadRequest, BodyChunk, RequestHead, UpgradeRequest
 from fastgate.http.h1 import H1Connection, RequestState, ResponseState
+from fastgate.tls import tls_extension
 from fastgate.worker.connection import Host
 from fastgate.worker.flow import READ_BACKLOG, READ_PIPELINE, FlowControl
 from fastgate.worker.linger import linger
@@ -54,6 +56,71 @@ _REQUEST_DONE: Final = RequestState.DONE
 _RESPONSE_WAITING: Final = ResponseState.WAITING
 _CYCLE_START: Final = ASGIHTTPState.START
 _CYCLE_BODY: Final = ASGIHTTPState.BODY
+
+
+# Bytes of a file read per write when it cannot be sent with sendfile (TLS).
+FILE_CHUNK = 256 * 1024
+
+
+async def send_file_zero_copy(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, fd: int, count: int,
+                              gone: Callable[[], bool], progress: Callable[[], None] | None = None) -> int:
+    """Send ``count`` bytes of file ``fd`` to the transport's socket with ``os.sendfile``.
+
+    uvloop has no ``loop.sendfile``, and its transport owns the socket's fd in its own
+    poller, so the file goes out through a duplicate of that fd: first the transport's
+    buffer (the response head) must be empty, then the kernel copies file pages to the
+    socket, waiting for writability on the duplicate between calls. The loop runs others
+    after every call, so a fast reader cannot monopolise it. ``progress`` is called after
+    each call that sent bytes (the request's idle deadline counts them as writes).
+
+    Returns:
+        the bytes sent: fewer than ``count`` when the file ended early, the peer went away
+        or the socket failed.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    out_fd = os.dup(sock.fileno())
+    try:
+        while transport.get_write_buffer_size():
+            if gone():
+                return 0
+            await _writable(loop, out_fd)
+            await asyncio.sleep(0)  # the transport's own writer runs in this iteration too
+        sent = 0
+        while sent < count:
+            if gone():
+                break
+            try:
+                n = os.sendfile(out_fd, fd, sent, count - sent)
+            except BlockingIOError:
+                await _writable(loop, out_fd)
+                continue
+            except OSError:
+                break  # EPIPE, ECONNRESET: the peer left; connection_lost follows
+            if n == 0:
+                break  # end of file before count: it was truncated
+            sent += n
+            if progress is not None:
+                progress()
+            await asyncio.sleep(0)
+        return sent
+    finally:
+        os.close(out_fd)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    waiter = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -111,13 +178,17 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.write = out.write
             self.writelines = out.writelines
+        ssl_object = transport.get_extra_info("ssl_object")
         self.info = ConnectionInfo(
             transport.get_extra_info("peername"),
             transport.get_extra_info("sockname"),
-            tls=transport.get_extra_info("sslcontext") is not None,
+            tls=ssl_object is not None,
             root_path=settings.root_path,
             state=settings.state,
             trust=settings.trust,
+            # The handshake is over when connection_made runs: what it settled is read once.
+            tls_info=None if ssl_object is None or settings.ciphers is None
+            else tls_extension(ssl_object, settings.server_cert, settings.ciphers),
         )
         self.worker.add(self)
         # Accepted while draining (the accept raced the listener close): the client has
@@ -322,6 +393,31 @@ class HttpProtocol(asyncio.Protocol):
         return self.out.closed or self.transport.is_closing()
 
     # ------------------------------------------------------------ Channel
+
+    async def send_file(self, fd: int, count: int) -> int:
+        """``Channel.send_file``: zero copy (``os.sendfile``) in the clear, chunked reads under TLS."""
+        self.out.flush()  # what the cycle wrote (the head) goes first
+        if self.info.scheme == "https":
+            return await self._send_file_chunks(fd, count)
+        return await send_file_zero_copy(self.transport, self.loop, fd, count, self._gone, self._progress)
+
+    def _progress(self) -> None:
+        self._last_write = self.loop.time()  # file bytes are writes (--timeout-request-idle)
+
+    async def _send_file_chunks(self, fd: int, count: int) -> int:
+        # The bytes must go through the TLS layer: read and write them, as a body would be,
+        # waiting for the transport whenever it is above its high-water mark.
+        sent = 0
+        flow = self.flow
+        while sent < count and not self._gone():
+            chunk = os.pread(fd, min(FILE_CHUNK, count - sent), sent)
+            if not chunk:
+                break  # the file ended early (truncated while sent)
+            self.transport.write(chunk)
+            self._last_write = self.loop.time()
+            sent += len(chunk)
+            await flow.drain()
+        return sent
 
     def drain(self) -> Awaitable[None]:
         return self.flow.drain()  # its awaitable, not a coroutine wrapped around it

@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,16 +27,19 @@ import uvloop
 from fastgate.asgi.lifespan import Lifespan
 from fastgate.asgi.loader import load_app
 from fastgate.asgi.types import ASGIApp
-from fastgate.config import Config
+from fastgate.config import Config, listener_is_tls
 from fastgate.errors import (
     EXIT_APP_LOAD_FAILED,
     EXIT_BOOT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     AppLoadError,
     BindError,
+    ConfigError,
     LifespanFailure,
 )
 from fastgate.logs import error_logger, reopen_files
+from fastgate.tls import server_context
 from fastgate.worker.connection import Connection
 from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 from fastgate.worker.memory import keep_heap
@@ -64,9 +68,9 @@ class Listening(Protocol):
     """A bound listener, as ``run_single`` needs it (``supervisor.sockets.Listener``)."""
 
     sock: socket.socket
+    key: tuple[str, Any] | None
 
-    @property
-    def display(self) -> str: ...
+    def describe(self, tls: bool) -> str: ...
 
     def close(self) -> None: ...
 
@@ -79,6 +83,9 @@ class Worker:
         app: the ASGI 3 app.
         sockets: listening sockets (bound by the master or by the runner).
         hooks: supervisor reporting, or None when running alone.
+        tls: for each socket, whether it serves TLS (missing: plain).
+        ssl_context: the server context of the TLS sockets, built in this process from the
+            configuration (``fastgate.tls.server_context``).
     """
 
     def __init__(
@@ -87,13 +94,20 @@ class Worker:
         app: ASGIApp,
         sockets: Sequence[socket.socket],
         hooks: WorkerHooks | None = None,
+        *,
+        tls: Sequence[bool] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.app = app
         self.sockets = list(sockets)
+        self.tls = [bool(t) for t in tls] + [False] * (len(self.sockets) - len(tls))
+        if any(self.tls) and ssl_context is None:
+            raise ValueError("a TLS listener needs an ssl_context")
+        self.ssl_context = ssl_context
         self.hooks = hooks
         self.state: dict[str, Any] = {}  # the lifespan state
-        self.settings = ServerSettings(config, app, self.state)
+        self.settings = ServerSettings(config, app, self.state, ssl_context)
         self.loop: asyncio.AbstractEventLoop | None = None
         # The registry: every open connection, HTTP or WebSocket. A drain waits until it is
         # empty (all_closed), then for the tasks of what it had to abort.
@@ -167,8 +181,15 @@ class Worker:
         if config.http.date_header:
             self._tick_date()
         backlog = config.bind.backlog
-        for sock in self.sockets:
-            server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog)
+        for sock, tls in zip(self.sockets, self.tls, strict=True):
+            if tls:
+                # The handshake shares the request head's deadline: a client that connects and
+                # says nothing costs the same either way.
+                server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog,
+                                                  ssl=self.ssl_context,
+                                                  ssl_handshake_timeout=config.http.timeout_request_header)
+            else:
+                server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog)
             self.servers.append(server)
         self.ready = True
         if self.on_serving is not None:
@@ -319,6 +340,7 @@ def run_worker(
     parent_fd: int,
     master_pid: int,
     app: ASGIApp | None = None,
+    tls: Sequence[bool] = (),
 ) -> int:
     """A forked worker's life, after the master closed its own fds in the child.
 
@@ -336,9 +358,11 @@ def run_worker(
         parent_fd: read end of the master's life pipe: EOF means the master is gone.
         master_pid: the master's pid, compared with ``getppid()`` on each beat.
         app: the app the master preloaded (``--preload``); None imports it here.
+        tls: for each socket, whether it serves TLS.
 
     Returns:
-        the exit code: 0, EXIT_BOOT_FAILED (lifespan startup failed) or EXIT_APP_LOAD_FAILED.
+        the exit code: 0, EXIT_BOOT_FAILED (lifespan startup failed, or the certificate
+        did not load) or EXIT_APP_LOAD_FAILED.
     """
     import faulthandler
 
@@ -357,6 +381,16 @@ def run_worker(
     except OSError:
         pass
     keep_heap()
+    ssl_context: ssl.SSLContext | None = None
+    if any(tls):
+        try:
+            # Read here, at each worker's start: a SIGHUP's new generation serves the
+            # renewed certificate. The master checked the files just before; one changed
+            # in between fails this worker's boot, and the old workers keep serving.
+            ssl_context = server_context(config)
+        except ConfigError as exc:
+            print(f"fastgate: error: {exc}", file=sys.stderr)
+            return EXIT_BOOT_FAILED
     if app is None:
         try:
             app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
@@ -380,7 +414,7 @@ def run_worker(
 
     reporter = Reporter(report_fd, beat_interval_for(config.process.timeout_worker_healthcheck),
                         on_master_gone=lambda: master_gone("pipe closed"))
-    worker = Worker(config, app, sockets, hooks=reporter)
+    worker = Worker(config, app, sockets, hooks=reporter, tls=tls, ssl_context=ssl_context)
 
     async def main() -> int:
         assert worker is not None
@@ -413,6 +447,13 @@ def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) ->
             worker layer never imports the supervisor's).
     """
     keep_heap()
+    ssl_context: ssl.SSLContext | None = None
+    if config.tls_enabled:
+        try:
+            ssl_context = server_context(config)
+        except ConfigError as exc:
+            print(f"fastgate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
                        interface=config.app.interface)
@@ -425,11 +466,12 @@ def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) ->
         print(f"fastgate: error: {exc}", file=sys.stderr)
         return EXIT_BOOT_FAILED
     try:
-        worker = Worker(config, app, [listener.sock for listener in listeners])
+        tls = [listener_is_tls(config, listener.key) for listener in listeners]
+        worker = Worker(config, app, [listener.sock for listener in listeners], tls=tls, ssl_context=ssl_context)
 
         def announce() -> None:
-            for listener in listeners:
-                error_logger.info("Listening on %s (pid %d)", listener.display, os.getpid())
+            for listener, is_tls in zip(listeners, tls, strict=True):
+                error_logger.info("Listening on %s (pid %d)", listener.describe(is_tls), os.getpid())
 
         async def main() -> int:
             worker.install_signal_handlers(supervised=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from fastgate.asgi.scope import ProxyTrust
@@ -9,6 +10,7 @@ from fastgate.asgi.types import ASGIApp
 from fastgate.config import Config, parse_networks
 from fastgate.http.h1 import DefaultHeaders, H1Limits
 from fastgate.logs import AccessFormatter, RateLimitedLog, access_logger, error_logger
+from fastgate.tls import CipherIds, server_cert_pem
 from fastgate.worker.metrics import WorkerMetrics
 from fastgate.worker.probes import Probes
 from fastgate.worker.request_id import RequestIds
@@ -21,9 +23,11 @@ class ServerSettings:
         config: the configuration.
         app: the ASGI 3 app.
         state: the lifespan state (filled at startup, copied into every scope).
+        ssl_context: the context of this worker's TLS listeners, if any.
     """
 
-    def __init__(self, config: Config, app: ASGIApp, state: dict[str, Any]) -> None:
+    def __init__(self, config: Config, app: ASGIApp, state: dict[str, Any],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         http = config.http
         self.app = app
         self.state = state
@@ -50,6 +54,9 @@ class ServerSettings:
         self.timed = bool(self.timeout_request or self.timeout_request_idle)
         self.limit_concurrency = http.limit_concurrency
         self.probes = Probes.from_paths(http.health_path, http.ready_path)
+        # For the scope's tls extension, read once: the certificate this worker loaded.
+        self.server_cert = server_cert_pem(config) if ssl_context is not None else None
+        self.ciphers = CipherIds(ssl_context) if ssl_context is not None else None
         self.rejections = RateLimitedLog(error_logger)
         self.access_formatter: AccessFormatter | None = None
         if config.log.access_log and not access_logger.disabled:

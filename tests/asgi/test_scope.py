@@ -53,7 +53,7 @@ def test_http_scope_fields() -> None:
         "query_string": b"x=1&y=%20",
         "headers": [(b"host", b"example.com"), (b"x-custom", b"Va\xffl")],
         "state": {"db": "conn"},
-        "extensions": {},
+        "extensions": {"http.response.pathsend": {}},
     }
     s["state"]["new"] = 1
     assert state == {"db": "conn"}  # a shallow copy per request
@@ -185,3 +185,18 @@ def test_forwarded(value: bytes, client: str, scheme: str, host: bytes) -> None:
     assert s["client"][0] == client
     assert s["scheme"] == scheme
     assert dict(s["headers"])[b"host"] == host
+
+
+def test_extensions_trailers_only_for_te_trailers_and_tls_from_the_connection() -> None:
+    plain = scope(head())
+    assert plain["extensions"] == {"http.response.pathsend": {}}
+    for te in (b"trailers", b"gzip, Trailers", b"deflate;q=0.5, trailers;q=1"):
+        h = head(headers=[(b"TE", te)])
+        assert scope(h)["extensions"] == {"http.response.pathsend": {}, "http.response.trailers": {}}, te
+    assert scope(head(headers=[(b"TE", b"gzip")]))["extensions"] == {"http.response.pathsend": {}}
+    tls = {"tls_version": 0x0304, "server_cert": None}
+    info = ConnectionInfo(("127.0.0.1", 5000), ("127.0.0.1", 8443), tls=True, tls_info=tls)
+    s = build_scope(head(), info)
+    assert s["scheme"] == "https" and s["extensions"]["tls"] is tls
+    ws = build_scope(head(), info, [])
+    assert ws["scheme"] == "wss" and ws["extensions"] == {"websocket.http.response": {}, "tls": tls}
