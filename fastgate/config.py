@@ -693,14 +693,23 @@ def bind_is_tls(config: Config, address: str | None) -> bool:
     return True
 
 
-def listener_is_tls(config: Config, key: tuple[str, Any] | None) -> bool:
-    """``bind_is_tls`` for a bound listener, known by its key (what ``parse_bind`` returned for
-    its address; None or ``("systemd", fd)`` for one that came from elsewhere)."""
-    if key is not None:
-        for address in config.bind.bind:
-            if parse_bind(address) == key:
-                return bind_is_tls(config, address)
-    return bind_is_tls(config, None)
+def listeners_tls(config: Config, keys: list[tuple[str, Any] | None]) -> list[bool]:
+    """``bind_is_tls`` for bound listeners, in order, each known by its key (what ``parse_bind``
+    returned for its address; None or ``("systemd", fd)`` for one that came from elsewhere).
+
+    Two binds may share a key (``tls:127.0.0.1:0`` and ``127.0.0.1:0``): listeners are made in
+    the order of their addresses, so the n-th listener with a key is the n-th bind with it.
+    """
+    seen: dict[Any, int] = {}
+    out = []
+    for key in keys:
+        address = None
+        if key is not None:
+            n = seen[key] = seen.get(key, -1) + 1
+            matches = [a for a in config.bind.bind if parse_bind(a) == key]
+            address = matches[n] if n < len(matches) else None
+        out.append(bind_is_tls(config, address))
+    return out
 
 
 def parse_bind(address: str) -> tuple[str, Any]:

@@ -199,7 +199,7 @@ class RequestCycle(AppCycle):
                 if self._send_body(message.get("body", b""), more_body):
                     # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
                     await self.channel.drain()
-                if not more_body:
+                if not more_body and not self._trailers:
                     self._finish()
                 return
             if state is _STARTED:
@@ -233,7 +233,7 @@ class RequestCycle(AppCycle):
             self.status = status
             self.headers = message.get("headers", ())
             if message.get("trailers", False):
-                if "http.response.trailers" not in self.scope["extensions"]:
+                if "http.response.trailers" not in self.scope.get("extensions", ()):
                     raise ASGIProtocolError("'trailers' in http.response.start, but the http.response.trailers "
                                             "extension is not offered (the client sent no TE: trailers)")
                 self._trailers = 1
@@ -281,7 +281,9 @@ class RequestCycle(AppCycle):
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         end = not more_body
-        if end and self._trailers:
+        if self._trailers and (end or self._trailers == 2):
+            if self._trailers == 2:
+                raise ASGIProtocolError("'http.response.body' after the last body message: trailers expected")
             self._trailers = 2
             end = False
         try:

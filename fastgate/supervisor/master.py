@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastgate import handover, logs, notify
-from fastgate.config import Config, listener_is_tls
+from fastgate.config import Config, listeners_tls
 from fastgate.errors import EXIT_BOOT_FAILED, EXIT_USAGE, AppLoadError, BindError, ConfigError
 from fastgate.ipc import BEAT, DRAINING, METRICS, READY, RECYCLE, Decoder
 from fastgate.supervisor.events import (
@@ -539,8 +539,14 @@ class Master:
             return True
         return False
 
+    def _tls_flags(self) -> list[bool]:
+        """For each current listener, whether it serves TLS under the current config."""
+        return listeners_tls(self.config, [listener.key for listener in self.listeners])
+
     def _describe(self, listener: Listener) -> str:
-        return listener.describe(listener_is_tls(self.config, listener.key))
+        flags = self._tls_flags()
+        index = next(i for i, current in enumerate(self.listeners) if current is listener)
+        return listener.describe(flags[index])
 
     def _discard_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -558,10 +564,10 @@ class Master:
             logs.configure(pending.config.log)
         self.config = pending.config
         if pending.listeners is not None:
+            old_listeners, self.listeners = self.listeners, pending.listeners
             for listener in pending.listeners:
-                if all(listener is not old for old in self.listeners):
+                if all(listener is not old for old in old_listeners):
                     logger.info("Listening on %s (pid %d)", self._describe(listener), self.pid)
-            self.listeners = pending.listeners
 
     def _on_reload_ended(self, ok: bool) -> None:
         backup, self._backup = self._backup, None
@@ -932,7 +938,7 @@ class Master:
                 if id(sock) not in keep:
                     sock.close()
         assert self._life_r is not None
-        tls = [listener_is_tls(self.config, listener.key) for listener in self.listeners]
+        tls = self._tls_flags()
         return become_worker(self.config, mine, report_fd=report_fd, parent_fd=self._life_r, master_pid=self.pid,
                              app=self.app, tls=tls)
 

@@ -27,7 +27,7 @@ import uvloop
 from fastgate.asgi.lifespan import Lifespan
 from fastgate.asgi.loader import load_app
 from fastgate.asgi.types import ASGIApp
-from fastgate.config import Config, listener_is_tls
+from fastgate.config import Config, listeners_tls
 from fastgate.errors import (
     EXIT_APP_LOAD_FAILED,
     EXIT_BOOT_FAILED,
@@ -466,7 +466,7 @@ def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) ->
         print(f"fastgate: error: {exc}", file=sys.stderr)
         return EXIT_BOOT_FAILED
     try:
-        tls = [listener_is_tls(config, listener.key) for listener in listeners]
+        tls = listeners_tls(config, [listener.key for listener in listeners])
         worker = Worker(config, app, [listener.sock for listener in listeners], tls=tls, ssl_context=ssl_context)
 
         def announce() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ class FakeChannel:
         self.cycle: RequestCycle | None = None
         self.drains = 0
         self.drain_gate: asyncio.Event | None = None
+        self.file_limit: int | None = None  # send_file stops after this many bytes (a peer that left)
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -33,6 +35,12 @@ class FakeChannel:
     def writelines(self, parts: list[bytes]) -> None:
         self.vectored.append(parts)
         self.written.extend(parts)
+
+    async def send_file(self, fd: int, count: int) -> int:
+        limit = count if self.file_limit is None else min(count, self.file_limit)
+        data = os.pread(fd, limit, 0)
+        self.written.append(data)
+        return len(data)
 
     async def drain(self) -> None:
         self.drains += 1
@@ -643,3 +651,184 @@ def test_out_of_order_messages_are_still_protocol_errors_while_connected() -> No
             await send({"type": "http.response.body", "body": b"again"})
 
     run(cycle.run(app))
+
+
+# ---------------------------------------------------------------- http.response.pathsend
+
+
+def run_app(cycle: RequestCycle, app: Any) -> None:
+    asyncio.run(cycle.run(app))
+
+
+def file_app(path: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": path})
+    return app
+
+
+def test_pathsend_with_content_length_sends_the_file_after_the_head(tmp_path: Any) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    cycle, channel = make()
+    run_app(cycle, file_app(str(path), [(b"content-length", b"10")]))
+    assert channel.data.endswith(b"content-length: 10\r\n\r\n0123456789")
+    assert channel.outcomes == [(200, 10)] and cycle.state is ASGIHTTPState.DONE
+    assert cycle.conn.keep_alive
+
+
+def test_pathsend_without_length_is_one_chunk(tmp_path: Any) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    cycle, channel = make()
+    run_app(cycle, file_app(str(path), []))
+    assert channel.data.endswith(b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    empty = tmp_path / "e"
+    empty.write_bytes(b"")
+    cycle, channel = make()
+    run_app(cycle, file_app(str(empty), []))
+    assert channel.data.endswith(b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert channel.outcomes == [(200, 0)]
+
+
+def test_pathsend_head_request_sends_no_file(tmp_path: Any) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    cycle, channel = make(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    run_app(cycle, file_app(str(path), [(b"content-length", b"10")]))
+    assert channel.data.endswith(b"content-length: 10\r\n\r\n")
+    assert channel.outcomes == [(200, 0)] and cycle.conn.keep_alive
+
+
+def test_pathsend_file_shorter_than_its_length_closes(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"01234")  # truncated after the app read its size
+    cycle, channel = make()
+    with caplog.at_level(logging.WARNING, "fastgate.error"):
+        run_app(cycle, file_app(str(path), [(b"content-length", b"10")]))
+    assert channel.data.endswith(b"\r\n\r\n01234")
+    assert channel.closed and not cycle.conn.keep_alive and cycle.state is ASGIHTTPState.DONE
+    assert "ended after 5 of 10 bytes" in caplog.text
+
+
+def test_pathsend_peer_gone_midway_closes_without_a_warning(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    cycle, channel = make()
+    channel.file_limit = 100
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        channel.closed = True  # the peer left while the file was going out
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    with caplog.at_level(logging.WARNING, "fastgate.error"):
+        run_app(cycle, app)
+    assert channel.closed and "ended after" not in caplog.text
+
+
+def test_pathsend_missing_file_is_a_500_and_a_second_pathsend_is_refused(tmp_path: Any) -> None:
+    cycle, channel = make()
+    run_app(cycle, file_app(str(tmp_path / "missing"), [(b"content-length", b"10")]))
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    cycle, channel = make()
+
+    async def twice(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+        with pytest.raises(ASGIProtocolError):
+            await send({"type": "http.response.pathsend", "path": str(path)})
+
+    run_app(cycle, twice)
+    assert channel.outcomes == [(200, 3)]
+
+
+# ---------------------------------------------------------------- http.response.trailers
+
+TE = b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n"
+
+
+def make_trailers(request: bytes = TE) -> tuple[RequestCycle, FakeChannel]:
+    cycle, channel = make(request)
+    cycle.scope["extensions"] = {"http.response.trailers": {}}
+    return cycle, channel
+
+
+def test_trailers_end_the_chunked_body() -> None:
+    cycle, channel = make_trailers()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"de"})
+        assert channel.completed == 0  # not over until the trailers
+        await send({"type": "http.response.trailers", "headers": [(b"x-a", b"1")], "more_trailers": True})
+        await send({"type": "http.response.trailers", "headers": [(b"x-b", b"2")]})
+
+    run_app(cycle, app)
+    assert channel.data.endswith(b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n"
+                                 b"0\r\nx-a: 1\r\nx-b: 2\r\n\r\n")
+    assert channel.outcomes == [(200, 5)] and cycle.conn.keep_alive
+
+
+def test_trailers_with_a_single_body_message_still_chunk() -> None:
+    cycle, channel = make_trailers()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-sum", b"9")]})
+
+    run_app(cycle, app)
+    assert channel.data.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 9\r\n\r\n")
+
+
+def test_trailers_under_content_length_are_dropped() -> None:
+    cycle, channel = make_trailers()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")],
+                    "trailers": True})
+        await send({"type": "http.response.body", "body": b"abc"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-sum", b"9")]})
+
+    run_app(cycle, app)
+    assert channel.data.endswith(b"content-length: 3\r\n\r\nabc")
+    assert channel.outcomes == [(200, 3)] and cycle.conn.keep_alive
+
+
+def test_trailers_refused_when_not_offered_or_out_of_order(caplog: pytest.LogCaptureFixture) -> None:
+    cycle, channel = make()  # no TE: trailers, no extension
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+
+    with caplog.at_level(logging.ERROR, "fastgate.error"):
+        run_app(cycle, app)
+    assert channel.data.startswith(b"HTTP/1.1 500 ")
+    cycle, channel = make_trailers()
+
+    async def early(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        with pytest.raises(ASGIProtocolError):
+            await send({"type": "http.response.trailers", "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.trailers", "headers": []})
+
+    run_app(cycle, early)
+    assert channel.data.endswith(b"1\r\na\r\n0\r\n\r\n")
+
+
+def test_trailers_invalid_field_aborts() -> None:
+    cycle, channel = make_trailers()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"a"})
+        await send({"type": "http.response.trailers", "headers": [(b"bad name", b"x")]})
+
+    run_app(cycle, app)
+    assert channel.closed and not channel.data.endswith(b"0\r\n\r\n")
