@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,3 +209,56 @@ def test_recycling_and_preload_options() -> None:
     assert load({}, environ={}).process.limit_max_memory is None
     # The handover variable of a master re-executing itself is not mistaken for a mistyped option.
     assert load({}, environ={"FASTGATE_HANDOVER": "{}"}) == Config()
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def test_tls_options_from_cli_env_and_file(tmp_path: Any) -> None:
+    from fastgate.config import load
+
+    path = tmp_path / "fastgate.toml"
+    path.write_text('ssl-certfile = "/c.pem"\nssl_keyfile = "/k.pem"\nssl-cert-reqs = 2\nssl-ca-certs = "/ca.pem"\n')
+    config = load({}, config_file=str(path), environ={"FASTGATE_SSL_CIPHERS": "ECDHE+AESGCM"})
+    t = config.tls
+    assert (t.ssl_certfile, t.ssl_keyfile, t.ssl_cert_reqs, t.ssl_ca_certs, t.ssl_ciphers) == (
+        "/c.pem", "/k.pem", 2, "/ca.pem", "ECDHE+AESGCM")
+    assert config.tls_enabled
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"bind": ("tls:0.0.0.0:8443",)}, "a TLS listener needs --ssl-certfile"),
+    ({"ssl_keyfile": "/k"}, "--ssl-keyfile: needs --ssl-certfile"),
+    ({"ssl_cert_reqs": 2}, "--ssl-cert-reqs: needs --ssl-certfile"),
+    ({"ssl_certfile": "/c", "ssl_cert_reqs": 3, "ssl_ca_certs": "/ca"}, "expected 0 (none), 1 (optional) or 2"),
+    ({"ssl_certfile": "/c", "ssl_cert_reqs": 1}, "needs --ssl-ca-certs"),
+    ({"ssl_certfile": "/c", "ssl_version": "SSLv3"}, "--ssl-version: expected TLSv1_2 or TLSv1_3"),
+])
+def test_tls_options_that_do_not_hang_together(values: dict[str, Any], message: str) -> None:
+    from fastgate.config import build
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build(values)
+
+
+def test_ssl_version_can_only_raise_the_floor() -> None:
+    from fastgate.config import build, tls_minimum
+
+    for version, floor in ((None, "1.2"), ("TLSv1_2", "1.2"), ("tlsv1_3", "1.3"), ("17", "1.2"), ("2", "1.2"),
+                           ("3", "1.2"), ("4", "1.2"), ("5", "1.2"), ("TLSv1", "1.2")):
+        assert tls_minimum(build({"ssl_certfile": "/c", "ssl_version": version})) == floor, version
+
+
+def test_which_listeners_serve_tls() -> None:
+    from fastgate.config import build, listeners_tls, parse_bind
+
+    plain = build({"bind": ("127.0.0.1:80",)})
+    assert listeners_tls(plain, [parse_bind("127.0.0.1:80")]) == [False]
+    # A certificate and no tls: bind: every listener, including --uds and systemd's.
+    every = build({"ssl_certfile": "/c", "bind": ("127.0.0.1:443",), "uds": "/s"})
+    assert listeners_tls(every, [parse_bind("127.0.0.1:443"), ("unix", "/s"), ("systemd", 3), None]) == [True] * 4
+    # Marked binds: only those; two binds on port 0 told apart by their order.
+    mixed = build({"ssl_certfile": "/c", "bind": ("tls:127.0.0.1:0", "127.0.0.1:0", "tls:unix:/t", "unix:/p")})
+    keys = [parse_bind(a) for a in mixed.bind.bind] + [("systemd", 3)]
+    assert keys[0] == keys[1] == ("tcp", ("127.0.0.1", 0))
+    assert listeners_tls(mixed, keys) == [True, False, True, False, False]

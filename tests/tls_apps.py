@@ -33,6 +33,12 @@ async def scope_view(request: Request) -> Response:
                     media_type="application/json")
 
 
+async def fds_view(request: Request) -> Response:
+    """This worker's pid and open fds (a leaked file or socket shows here)."""
+    return Response(json.dumps({"pid": os.getpid(), "fds": len(os.listdir("/proc/self/fd"))}),
+                    media_type="application/json")
+
+
 async def file_view(request: Request) -> FileResponse:
     return FileResponse(os.path.join(FILES, request.path_params["name"]))
 
@@ -47,6 +53,7 @@ async def ws_scope(websocket: WebSocket) -> None:
 
 app = Starlette(routes=[
     Route("/scope", scope_view),
+    Route("/fds", fds_view),
     Route("/files/{name}", file_view, methods=["GET", "HEAD"]),
     WebSocketRoute("/ws", ws_scope),
 ])

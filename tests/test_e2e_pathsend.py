@@ -1,0 +1,162 @@
+"""http.response.pathsend end to end: Starlette's FileResponse (which uses the extension
+when advertised) against a real worker; http.response.trailers on the wire."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server import wait_for
+
+pytestmark = pytest.mark.e2e
+
+APP = "tests.tls_apps:app"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "one").write_bytes(b"x")
+    (tmp_path / "mib").write_bytes(os.urandom(MIB))
+    with open(tmp_path / "big", "wb") as f:  # 100 MiB, sparse: no disk, all zeros
+        f.truncate(100 * MIB)
+    return tmp_path
+
+
+def head_and_body(sock: socket.socket, expect_body: bool = True) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Read one response with a Content-Length body from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    length = int(headers[b"content-length"]) if expect_body else 0
+    while len(rest) < length:
+        chunk = sock.recv(MIB)
+        assert chunk, f"closed after {len(rest)} of {length} body bytes"
+        rest += chunk
+    return lines[0], headers, rest
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def test_files_of_1_byte_1_mib_and_100_mib_on_one_connection(serve: Any, files: Path) -> None:
+    server = serve(APP, env={"FG_TEST_FILES": str(files)})
+    with server.connect(timeout=30) as sock:
+        for name in ("one", "mib", "big", "one"):
+            sock.sendall(get(f"/files/{name}"))
+            status, headers, body = head_and_body(sock)
+            assert status == b"HTTP/1.1 200 OK"
+            expected = (files / name).stat().st_size
+            assert int(headers[b"content-length"]) == expected == len(body), name
+            if name == "big":
+                assert body.count(0) == len(body)
+            else:
+                assert hashlib.sha256(body).digest() == hashlib.sha256((files / name).read_bytes()).digest()
+    assert f'"GET /files/big HTTP/1.1" 200 {100 * MIB}' in server.output
+
+
+def test_head_sends_the_headers_only_and_keeps_the_connection(serve: Any, files: Path) -> None:
+    server = serve(APP, env={"FG_TEST_FILES": str(files)})
+    with server.connect() as sock:
+        sock.sendall(get("/files/mib", "HEAD") + get("/files/one"))
+        status, headers, body = head_and_body(sock, expect_body=False)
+        assert status == b"HTTP/1.1 200 OK" and headers[b"content-length"] == str(MIB).encode()
+        status, _, body = head_and_body(sock)  # the next response starts right after the head
+        assert status == b"HTTP/1.1 200 OK" and body == b"x"
+
+
+def fds(server: Any) -> tuple[int, int]:
+    with server.connect() as sock:
+        sock.sendall(b"GET /fds HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, body = head_and_body(sock)
+    data = json.loads(body)
+    return data["pid"], data["fds"]
+
+
+def test_client_leaving_mid_file_frees_everything(serve: Any, files: Path) -> None:
+    server = serve(APP, env={"FG_TEST_FILES": str(files)})
+    pid, before = fds(server)
+    for _ in range(3):
+        sock = server.connect()
+        sock.sendall(get("/files/big"))
+        got = 0
+        while got < 2 * MIB:
+            got += len(sock.recv(MIB))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not FIN
+        sock.close()
+    # The worker lets go of the file, its duplicate of the socket and the connection.
+    wait_for(lambda: fds(server) == (pid, before), 15, what="the worker's fds back to where they were")
+    with server.connect() as sock:
+        sock.sendall(get("/files/one"))
+        assert head_and_body(sock)[2] == b"x"
+
+
+def start_reading(server: Any, name: str) -> tuple[socket.socket, bytes, int]:
+    """A client that asked for ``name`` and read part of it, then stopped reading."""
+    sock = server.connect(timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(get(f"/files/{name}"))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return sock, rest, int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+
+def read_to_close(sock: socket.socket, have: bytes) -> bytes:
+    while chunk := sock.recv(MIB):
+        have += chunk
+    return have
+
+
+def test_file_truncated_while_sent_closes_short(serve: Any, files: Path) -> None:
+    server = serve(APP, env={"FG_TEST_FILES": str(files)})
+    sock, body, length = start_reading(server, "big")
+    with sock:
+        assert length == 100 * MIB
+        os.truncate(files / "big", 3 * MIB)  # the server is still blocked on a full socket
+        body = read_to_close(sock, body)
+    assert 0 < len(body) < length  # the promise of Content-Length broken: the connection closed early
+    server.wait_line(r"ended after \d+ of 104857600 bytes")
+    with server.connect() as fresh:  # and the worker serves on
+        fresh.sendall(get("/files/one"))
+        assert head_and_body(fresh)[2] == b"x"
+
+
+def test_file_deleted_while_sent_is_sent_whole(serve: Any, files: Path) -> None:
+    server = serve(APP, env={"FG_TEST_FILES": str(files)})
+    sock, body, length = start_reading(server, "mib")
+    expected = (files / "mib").read_bytes()
+    with sock:
+        os.unlink(files / "mib")  # the open file lives on until it is sent
+        while len(body) < length:
+            body += sock.recv(MIB)
+        sock.sendall(get("/files/one"))
+        assert head_and_body(sock)[2] == b"x"  # kept alive
+    assert body == expected
+
+
+def test_trailers_only_when_the_client_takes_them(serve: Any) -> None:
+    server = serve("tests.tls_apps:trailers_app")
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        data = read_to_close(sock, b"")
+    assert b"transfer-encoding: chunked" in data
+    assert data.endswith(b"\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\nx-checksum: abc\r\nx-count: 2\r\n\r\n")
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = read_to_close(sock, b"")
+    assert data.endswith(b"\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
