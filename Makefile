@@ -60,8 +60,10 @@ bench-tools:
 	  else echo "make bench: wrk is not installed and installing it needs root: skipping the install;" \
 	            "run 'sudo apt-get install wrk' and re-run"; fi; }
 
-bench: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
+# tls_files.py: Starlette FileResponse (pathsend) and TLS, vs uvicorn and granian (needs starlette: the test extras).
+bench: $(VENV)/.installed-test $(PEERS_VENV)/.installed bench-tools
 	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY) $(BENCH_ARGS)
+	$(PEERS_PY) benchmarks/tls_files.py --fastgate-python $(PY)
 
 bench-quick: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
 	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY) $(BENCH_ARGS)

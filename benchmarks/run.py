@@ -278,7 +278,8 @@ def parse_wrk(out: str) -> dict[str, Any]:
             "errors": errors}
 
 
-def run_wrk(port: int, wl: Workload, duration: float, connections: int, cpus: str | None) -> dict[str, Any]:
+def run_wrk(port: int, wl: Workload, duration: float, connections: int, cpus: str | None,
+            scheme: str = "http") -> dict[str, Any]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s"]
     if cpus is None:
         argv[1] = "-t2"
@@ -286,7 +287,7 @@ def run_wrk(port: int, wl: Workload, duration: float, connections: int, cpus: st
         argv += ["-H", h]
     if wl.script:
         argv += ["-s", str(HERE / "lua" / wl.script)]
-    argv.append(f"http://127.0.0.1:{port}{wl.path}")
+    argv.append(f"{scheme}://127.0.0.1:{port}{wl.path}")
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)

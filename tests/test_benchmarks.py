@@ -166,3 +166,35 @@ def test_preload_benchmark_measures_a_preloaded_server(serve):
     assert int(preload_memory.get(server.port, "/gc").split()[1]) in preload_memory.children(server.pid)
     rollup = preload_memory.smaps_rollup(server.pid)
     assert {"Rss", "Pss", "Private_Clean", "Private_Dirty"} <= set(rollup)
+
+
+def test_tls_files_report_and_argv(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from benchmarks import tls_files
+
+    server = tls_files.FileServer("fastgate", "/venv/bin/python")
+    assert "--ssl-certfile" not in server.argv(8000, 1)
+    server.tls = ("/c.pem", "/k.pem")
+    argv = server.argv(8000, 1)
+    assert argv[argv.index("--ssl-certfile") + 1] == "/c.pem" and argv[argv.index("--ssl-keyfile") + 1] == "/k.pem"
+    granian = tls_files.FileServer("granian", "/peers/bin/python")
+    granian.tls = ("/c.pem", "/k.pem")
+    assert granian.argv(8000, 1)[-1] == tls_files.APP and "--ssl-certificate" in granian.argv(8000, 1)
+    res = {"rps": 200.0, "cpu_us": 50.0, "p99_ms": 1.5, "errors": 0}
+    rows = [("file 1 MiB", "fastgate", res), ("file 1 MiB", "uvicorn", dict(res, rps=100.0, errors=2))]
+    out = tmp_path / "r.md"
+    args = argparse.Namespace(pinned=True, connections=32, duration=5, warmup=1, out=str(out))
+    tls_files.write_report(rows, {"fastgate": "0.1.0"}, args)
+    text = out.read_text()
+    assert "| file 1 MiB | fastgate | 200 (200 MiB/s) | 2.00× | 50 µs | 1.50 ms |" in text
+    assert "file 1 MiB/uvicorn 2" in text
+
+
+def test_file_app_sends_with_pathsend_under_fastgate(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    payload = os.urandom(300_000)
+    (tmp_path / "f").write_bytes(payload)
+    server = serve("benchmarks.file_app:app", env={"BENCH_FILE": str(tmp_path / "f")})
+    response = httpx.get(f"{server.url}/file", timeout=10)
+    assert response.status_code == 200 and response.content == payload
+    assert httpx.get(f"{server.url}/", timeout=10).text == "Hello, world!"
