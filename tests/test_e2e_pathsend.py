@@ -160,3 +160,39 @@ def test_trailers_only_when_the_client_takes_them(serve: Any) -> None:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = read_to_close(sock, b"")
     assert data.endswith(b"\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
+
+
+def test_under_tls_files_are_read_in_chunks_and_a_reset_frees_everything(serve: Any, files: Path,
+                                                                           tmp_path: Path) -> None:
+    import ssl
+
+    from tests.test_e2e_tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    server = serve(APP, *pki.tls_args(), env={"FG_TEST_FILES": str(files)})
+    ctx = pki.client_context()
+
+    def connect() -> ssl.SSLSocket:
+        return ctx.wrap_socket(server.connect(timeout=30), server_hostname="localhost")
+
+    with connect() as sock:
+        sock.sendall(get("/fds"))
+        pid, before = json.loads(head_and_body(sock)[2]).values()
+    with connect() as sock:
+        sock.sendall(get("/files/mib") + get("/files/one"))
+        assert head_and_body(sock)[2] == (files / "mib").read_bytes()
+        assert head_and_body(sock)[2] == b"x"  # kept alive after the file
+    sock = connect()
+    sock.sendall(get("/files/big"))
+    got = 0
+    while got < 2 * MIB:
+        got += len(sock.recv(MIB))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset mid-file
+    sock.close()
+
+    def back() -> bool:
+        with connect() as s:
+            s.sendall(get("/fds"))
+            return json.loads(head_and_body(s)[2]) == {"pid": pid, "fds": before}
+
+    wait_for(back, 15, what="the worker's fds back to where they were")
