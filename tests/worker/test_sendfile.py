@@ -83,14 +83,17 @@ def test_file_follows_what_the_transport_buffered_and_goes_through_sendfile(
         thread = reader(client, len(head) + len(payload), out)
         fd = os.open(tmp_path / "f", os.O_RDONLY)
         try:
-            sent = await send_file_zero_copy(transport, loop, fd, len(payload), lambda: False)
+            sent = await send_file_zero_copy(transport, loop, fd, len(payload), lambda: False,
+                                             lambda: progress.append(1))
         finally:
             os.close(fd)
         await loop.run_in_executor(None, thread.join, 30)
         return sent, out[0]
 
+    progress: list[int] = []
     sent, received = run(scenario)
     assert sent == len(payload)
+    assert 0 < len(progress) <= len(calls)  # calls that sent bytes are progress (the idle deadline)
     assert received == head + payload
     assert calls  # the bytes went through the kernel's sendfile, not through Python
 
