@@ -142,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SystemExit) as exc:
         return _invalid_config(exc, argv)
     if getattr(ns, "print_config", False):
-        print(json.dumps(config.flat(), indent=2, default=list))
+        shown = config.flat()
+        if shown["ssl_keyfile_password"] is not None:
+            shown["ssl_keyfile_password"] = "********"  # a secret: printed configs end up in tickets and logs
+        print(json.dumps(shown, indent=2, default=list))
         return EXIT_OK
     if not config.app.app:
         print("fastgate: error: no application given; pass MODULE:ATTR (e.g. 'fastgate main:app')", file=sys.stderr)

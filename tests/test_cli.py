@@ -55,6 +55,18 @@ def test_print_config_shows_the_merge(capsys: pytest.CaptureFixture[str], monkey
     assert out["limit_concurrency"] == 10 and out["fd"] is None and out["workers"] == 0
 
 
+def test_print_config_shows_tls_options_but_not_the_key_password(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTGATE_SSL_KEYFILE_PASSWORD", "s3cret")
+    out = printed(capsys, "main:app", "--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem", "--ssl-cert-reqs", "2",
+                  "--ssl-ca-certs", "/ca.pem", "--bind", "tls:0.0.0.0:8443", "--bind", "0.0.0.0:8080")
+    assert (out["ssl_certfile"], out["ssl_keyfile"], out["ssl_cert_reqs"]) == ("/c.pem", "/k.pem", 2)
+    assert out["bind"] == ["tls:0.0.0.0:8443", "0.0.0.0:8080"]
+    assert out["ssl_keyfile_password"] == "********"
+    monkeypatch.delenv("FASTGATE_SSL_KEYFILE_PASSWORD")
+    assert printed(capsys, "main:app")["ssl_keyfile_password"] is None
+
+
 def test_flag_given_as_default_still_beats_env(capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTGATE_ACCESS_LOG", "false")
