@@ -832,3 +832,12 @@ def test_trailers_invalid_field_aborts() -> None:
 
     run_app(cycle, app)
     assert channel.closed and not channel.data.endswith(b"0\r\n\r\n")
+
+
+def test_pathsend_to_http10_without_length_is_close_delimited(tmp_path: Any) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    cycle, channel = make(b"GET / HTTP/1.0\r\n\r\n")
+    run_app(cycle, file_app(str(path), []))
+    assert channel.data.endswith(b"connection: close\r\n\r\nabc")
+    assert channel.outcomes == [(200, 3)] and not cycle.conn.keep_alive
