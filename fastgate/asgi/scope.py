@@ -210,7 +210,8 @@ class ConnectionInfo:
         trust: which peers may set forwarding headers.
     """
 
-    __slots__ = ("client", "server", "scheme", "root_path", "state", "trust", "proxy_trusted", "tls_info")
+    __slots__ = ("client", "server", "scheme", "root_path", "state", "trust", "proxy_trusted", "tls_info",
+                 "extensions")
 
     def __init__(self, peername: Any, sockname: Any, *, tls: bool = False, root_path: str = "",
                  state: dict[str, Any] | None = None, trust: ProxyTrust | None = None,
@@ -223,6 +224,10 @@ class ConnectionInfo:
         self.server = server
         self.scheme = "https" if tls else "http"
         self.tls_info = tls_info
+        # Every HTTP connection sends files (zero copy in the clear, read in chunks under TLS).
+        self.extensions: dict[str, Any] = {"http.response.pathsend": {}}
+        if tls_info is not None:
+            self.extensions["tls"] = tls_info
         self.root_path = root_path
         self.state: dict[str, Any] = state if state is not None else {}
         self.trust = trust = trust or ProxyTrust(None, enabled=False)
@@ -262,22 +267,21 @@ def build_scope(head: RequestHead, info: ConnectionInfo, subprotocols: list[str]
         "query_string": head.query_string,
         "headers": head.headers,
         "state": info.state.copy(),
+        # The connection's extensions (pathsend; tls on a TLS connection), a copy per request.
+        "extensions": info.extensions.copy(),
     }
     websocket = subprotocols is not None
     if websocket:
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if info.scheme == "https" else "ws"
         scope["subprotocols"] = subprotocols
-        extensions: dict[str, Any] = {"websocket.http.response": {}}
+        extensions = scope["extensions"]
+        del extensions["http.response.pathsend"]
+        extensions["websocket.http.response"] = {}
     else:
         scope["method"] = head.method
-        # Every HTTP connection sends files (zero copy in the clear, read in chunks under
-        # TLS); trailers only to a client that said it takes them (TE: trailers).
-        extensions = ({"http.response.pathsend": {}, "http.response.trailers": {}} if head.te_trailers
-                      else {"http.response.pathsend": {}})
-    if info.tls_info is not None:
-        extensions["tls"] = info.tls_info
-    scope["extensions"] = extensions
+        if head.te_trailers:  # trailers only to a client that said it takes them
+            scope["extensions"]["http.response.trailers"] = {}
     if head.forwarded and info.proxy_trusted:
         fwd = read_forwarded(head.headers, info.trust)
         if fwd is not None:
