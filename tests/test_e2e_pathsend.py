@@ -41,11 +41,12 @@ def head_and_body(sock: socket.socket, expect_body: bool = True) -> tuple[bytes,
     lines = head.split(b"\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
     length = int(headers[b"content-length"]) if expect_body else 0
-    while len(rest) < length:
+    body = bytearray(rest)  # appended in place: 100 MiB in bytes pieces would be copied over and over
+    while len(body) < length:
         chunk = sock.recv(MIB)
-        assert chunk, f"closed after {len(rest)} of {length} body bytes"
-        rest += chunk
-    return lines[0], headers, rest
+        assert chunk, f"closed after {len(body)} of {length} body bytes"
+        body += chunk
+    return lines[0], headers, bytes(body)
 
 
 def get(path: str, method: str = "GET") -> bytes:
@@ -117,9 +118,10 @@ def start_reading(server: Any, name: str) -> tuple[socket.socket, bytes, int]:
 
 
 def read_to_close(sock: socket.socket, have: bytes) -> bytes:
+    data = bytearray(have)
     while chunk := sock.recv(MIB):
-        have += chunk
-    return have
+        data += chunk
+    return bytes(data)
 
 
 def test_file_truncated_while_sent_closes_short(serve: Any, files: Path) -> None:
@@ -142,8 +144,10 @@ def test_file_deleted_while_sent_is_sent_whole(serve: Any, files: Path) -> None:
     expected = (files / "mib").read_bytes()
     with sock:
         os.unlink(files / "mib")  # the open file lives on until it is sent
-        while len(body) < length:
-            body += sock.recv(MIB)
+        received = bytearray(body)
+        while len(received) < length:
+            received += sock.recv(MIB)
+        body = bytes(received)
         sock.sendall(get("/files/one"))
         assert head_and_body(sock)[2] == b"x"  # kept alive
     assert body == expected
