@@ -56,6 +56,7 @@ _REQUEST_DONE: Final = RequestState.DONE
 _RESPONSE_WAITING: Final = ResponseState.WAITING
 _CYCLE_START: Final = ASGIHTTPState.START
 _CYCLE_BODY: Final = ASGIHTTPState.BODY
+_NEVER: Final = float("inf")
 
 
 # Bytes of a file read per write when it cannot be sent with sendfile (TLS).
@@ -586,29 +587,28 @@ class HttpProtocol(asyncio.Protocol):
         self._last_write = self.loop.time()
         self.out.writelines(data)
 
-    def _request_limit(self, cycle: RequestCycle) -> float:
-        """The loop time the app must act by: the total limit, or, with the idle one, the
-        last write plus it; a response under way is held to the idle limit alone."""
+    def _request_limits(self, cycle: RequestCycle) -> tuple[float, float]:
+        """The loop times the app must act by: (total, idle), ``inf`` for a limit that does
+        not apply. A response under way is held to the idle limit alone when there is one."""
         settings = self.settings
         total, idle = settings.timeout_request, settings.timeout_request_idle
-        if idle:
-            limit = self._last_write + idle
-            if total and cycle.state is not _CYCLE_BODY:
-                limit = min(limit, self._request_start + total)
-            return limit
-        return self._request_start + total
+        by_idle = self._last_write + idle if idle else _NEVER
+        by_total = self._request_start + total if total and not (idle and cycle.state is _CYCLE_BODY) else _NEVER
+        return by_total, by_idle
 
     def _check_request_time(self, cycle: RequestCycle) -> None:
         # Writes do not move the deadline (that would cost a timer operation per send):
         # they note their time, and the deadline is worked out again here when it passes.
-        limit = self._request_limit(cycle)
+        by_total, by_idle = self._request_limits(cycle)
         now = self.loop.time()
-        if now < limit:
-            self.deadline = limit
+        if now < by_total and now < by_idle:
+            self.deadline = min(by_total, by_idle)
             return
-        settings = self.settings
+        # Which limit passed is read from the limits themselves: now - last_write may round
+        # to just under the idle limit although last_write + idle <= now.
+        idle = now >= by_idle
         quiet = now - self._last_write  # before the 503 is written, which counts as a write
-        idle = settings.timeout_request_idle and quiet >= settings.timeout_request_idle
+        settings = self.settings
         task = self.task
         answered = cycle.time_out()
         self.worker.requests_timed_out += 1
