@@ -1,12 +1,25 @@
 # Two commands set everything up on a fresh machine: `make run` and `make test`.
+#
+# One venv per interpreter: `.venv` for the default `python3`, `.venv-X.Y` for any other, so
+# `make test PYTHON=~/.pyenv/versions/3.13.0/bin/python3` creates and uses .venv-3.13 and
+# leaves .venv alone. `make check-all` runs lint, types and the tests on every Python >= 3.11
+# this machine has (what CI runs: .ci/run).
 PYTHON ?= python3
+ifeq ($(PYTHON),python3)
 VENV ?= .venv
+else
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(PYTHON_VERSION),)
+$(error PYTHON=$(PYTHON) does not run)
+endif
+VENV ?= .venv-$(PYTHON_VERSION)
+endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast fuzz lint types bench bench-quick bench-tools bench-resources clean
+.PHONY: install run test test-fast fuzz lint types check check-all bench bench-quick bench-tools bench-resources clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +38,20 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/fastgate examples.hello:app --host $(HOST) --port $(PORT)
 
+# pytest-xdist processes for `make test` (JOBS=0 runs the tests in one process); PYTEST_ARGS
+# adds pytest options, e.g. PYTEST_ARGS="--durations=30".
+JOBS ?= 2
+PYTEST_ARGS ?=
+# Branch coverage of fastgate/ in every process the tests start (pyproject's [tool.coverage]),
+# gathered per venv, combined and held at fail_under. The data file's path is absolute: the
+# subprocesses run in other directories.
+COVERAGE := COVERAGE_FILE=$(abspath $(VENV))/.coverage $(PY) -m coverage
+
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	@$(COVERAGE) erase
+	$(COVERAGE) run -m pytest -q -n $(JOBS) $(PYTEST_ARGS)
+	@$(COVERAGE) combine --quiet
+	$(COVERAGE) report
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not e2e"
@@ -42,6 +67,19 @@ lint: $(VENV)/.installed-test
 
 types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
+
+check: lint types test
+
+# Every Python >= 3.11 on this machine, one after another, each in its own venv; .ci/pythons
+# lists them and names the ones it looked for and did not find.
+check-all:
+	@pythons="$$(.ci/pythons)" || exit $$?; \
+	for py in $$pythons; do \
+	  start=$$(date +%s); \
+	  echo "=== $$py: make check"; \
+	  $(MAKE) --no-print-directory check PYTHON=$$py || exit $$?; \
+	  echo "=== $$py: lint, types and tests passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 # Benchmarks: the peers live in their own venv so they never leak into fastgate's.
 # BENCH_ARGS passes options to benchmarks/run.py (see its --help), e.g. BENCH_ARGS="--repeats 5".
@@ -74,4 +112,4 @@ bench-resources: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
 	$(PY) benchmarks/resources.py --peers-python $(PEERS_PY) $(RESOURCES_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info .coverage .coverage.*

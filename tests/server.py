@@ -180,7 +180,13 @@ class ServerProcess:
             pass
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises: reap the process and close its pipe
+            # here (an unclosed pipe is a ResourceWarning in whichever test collects it).
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

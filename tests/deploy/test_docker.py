@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.helpers import DEPLOY, Instruction, exec_form, fastgate_config, free_port, parse_dockerfile, render
-from tests.server import CommandProcess, wait_for
+from tests.server import ROOT, CommandProcess, wait_for
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 INSTRUCTIONS = parse_dockerfile(DOCKERFILE.read_text())
@@ -61,6 +62,46 @@ def _env() -> dict[str, str]:
             key, _, value = pair.partition("=")
             env[key] = value
     return env
+
+
+def _unsearchable(path: Path, uid: int, gid: int) -> Path | None:
+    """The topmost directory on ``path`` that ``uid``/``gid`` (no other groups) may not search."""
+    for directory in [*reversed(path.parents), path]:
+        st = directory.stat()
+        if st.st_uid == uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return directory
+    return None
+
+
+def _expose(paths: list[Path], uid: int, gid: int, stage: Path) -> list[str]:
+    """Shell commands, run as root in the test's private mount namespace, that make each of
+    ``paths`` reachable for ``uid`` at its own path.
+
+    An image installs Python where every uid may read it (/usr/local). The interpreter under
+    test may live where the image's uid cannot search (pyenv under /root, mode 0700). Run as
+    that uid, its dynamic loader then cannot open the shared libpython the build links: the
+    process dies before Python starts, or, where the system has a libpython of the same
+    version, it silently runs that one with another standard library. So the blocked
+    directory is covered with an empty tmpfs (mode 0755) holding only bind mounts of what the
+    server needs; nothing outside the namespace changes.
+    """
+    # A path inside another one comes with it.
+    wanted = sorted({p for p in paths if not any(q != p and q in p.parents for q in paths)})
+    blocked = {path: top for path in wanted if (top := _unsearchable(path, uid, gid)) is not None}
+    q = shlex.quote
+    staged = {path: stage / str(n) for n, path in enumerate(blocked)}
+    for directory in staged.values():
+        directory.mkdir(parents=True)
+    # Stage every path before any tmpfs hides it, then put each back at its own path.
+    return ([f"mount --bind {q(str(path))} {q(str(staged[path]))}" for path in blocked]
+            + [f"mount -t tmpfs -o mode=0755 fastgate-test {q(str(top))}" for top in sorted(set(blocked.values()))]
+            + [f"mkdir -p {q(str(path))} && mount --bind {q(str(staged[path]))} {q(str(path))}" for path in blocked])
 
 
 def test_dockerfile_parser_joins_continuations_and_skips_comments() -> None:
@@ -116,7 +157,7 @@ def test_python_environment_for_a_read_only_container() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-def test_image_command_serves_passes_its_healthcheck_and_stops_on_stopsignal() -> None:
+def test_image_command_serves_passes_its_healthcheck_and_stops_on_stopsignal(tmp_path: Path) -> None:
     config = fastgate_config(_cmd())
     port = free_port()
     # The image's CMD with the test app and a free loopback port.
@@ -124,9 +165,16 @@ def test_image_command_serves_passes_its_healthcheck_and_stops_on_stopsignal() -
                                      f"--port\n{config.bind.port}": f"--port\n{port}"}).split("\n")
     uid, _, gid = _last("USER").partition(":")
     env = {k: v for k, v in _env().items() if k != "PATH"}
-    command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-               "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-               sys.executable, "-m", "fastgate", *cmd]  # ENTRYPOINT "fastgate" + CMD
+    # The interpreter's installation, its venv and the checkout the server imports from.
+    needed = [Path(p).resolve() for p in (sys.base_prefix, sys.prefix, ROOT)]
+    prelude = _expose(needed, int(uid), int(gid), tmp_path / "stage")
+    run_as_image_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                         sys.executable, "-m", "fastgate", *cmd]  # ENTRYPOINT "fastgate" + CMD
+    if prelude:
+        # umask 022: the directories mkdir makes on the tmpfs must be searchable by the uid.
+        script = "set -e; umask 022; " + "; ".join(prelude) + '; exec "$@"'
+        run_as_image_user = ["sh", "-c", script, "sh", *run_as_image_user]
+    command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *run_as_image_user]
     with CommandProcess(command, env=env, timeout=30) as server:
         # The HEALTHCHECK command, run as Docker would (with this interpreter as "python").
         probe = [sys.executable if a == "python" else a for a in _healthcheck()]
@@ -139,5 +187,9 @@ def test_image_command_serves_passes_its_healthcheck_and_stops_on_stopsignal() -
         status = Path(f"/proc/{server.pid}/task/{server.pid}/children")
         pid1 = int(wait_for(lambda: status.read_text().split(), timeout=10, what="PID 1")[0])  # type: ignore[index]
         assert re.search(rf"^Uid:\s+{uid}\b", Path(f"/proc/{pid1}/status").read_text(), re.M)
+        # The interpreter under test, not another libpython the loader found instead.
+        maps = Path(f"/proc/{pid1}/maps").read_text().splitlines()
+        libpython = {line.split()[-1] for line in maps if "/libpython" in line}
+        assert all(Path(lib).is_relative_to(Path(sys.base_prefix).resolve()) for lib in libpython), libpython
         os.kill(pid1, signal.SIGTERM)  # STOPSIGNAL, as `docker stop` sends it
         assert server.wait(DOCKER_STOP_TIMEOUT) == 0, server.output
