@@ -38,9 +38,11 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/fastgate examples.hello:app --host $(HOST) --port $(PORT)
 
-# pytest-xdist processes for `make test` (JOBS=0 runs the tests in one process); PYTEST_ARGS
-# adds pytest options, e.g. PYTEST_ARGS="--durations=30".
-JOBS ?= 2
+# pytest-xdist processes for `make test` (JOBS=0 runs the tests in one process). The e2e tests
+# spend most of their time waiting (timeouts, drains, reloads, worker boots), so 4 processes
+# keep a 2-core machine busy; worksteal hands a long test's neighbours to idle processes.
+# PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS="--durations=30".
+JOBS ?= 4
 PYTEST_ARGS ?=
 # Branch coverage of fastgate/ in every process the tests start (pyproject's [tool.coverage]),
 # gathered per venv, combined and held at fail_under. The data file's path is absolute: the
@@ -49,7 +51,7 @@ COVERAGE := COVERAGE_FILE=$(abspath $(VENV))/.coverage $(PY) -m coverage
 
 test: $(VENV)/.installed-test
 	@$(COVERAGE) erase
-	$(COVERAGE) run -m pytest -q -n $(JOBS) $(PYTEST_ARGS)
+	$(COVERAGE) run -m pytest -q -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 	@$(COVERAGE) combine --quiet
 	$(COVERAGE) report
 
