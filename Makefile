@@ -73,15 +73,20 @@ types: $(VENV)/.installed-test
 check: lint types test
 
 # Every Python >= 3.11 on this machine, one after another, each in its own venv; .ci/pythons
-# lists them and names the ones it looked for and did not find.
+# lists them and names the ones it looked for and did not find. A failing Python does not stop
+# the others: the last line names every one that failed.
 check-all:
-	@pythons="$$(.ci/pythons)" || exit $$?; \
+	@pythons="$$(.ci/pythons)" || exit $$?; failed=""; \
 	for py in $$pythons; do \
 	  start=$$(date +%s); \
 	  echo "=== $$py: make check"; \
-	  $(MAKE) --no-print-directory check PYTHON=$$py || exit $$?; \
-	  echo "=== $$py: lint, types and tests passed in $$(( $$(date +%s) - start )) s"; \
-	done
+	  if $(MAKE) --no-print-directory --keep-going check PYTHON=$$py; then \
+	    echo "=== $$py: lint, types and tests passed in $$(( $$(date +%s) - start )) s"; \
+	  else \
+	    echo "=== $$py: FAILED after $$(( $$(date +%s) - start )) s"; failed="$$failed $$py"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "=== failed on:$$failed"; exit 1; fi
 
 # Benchmarks: the peers live in their own venv so they never leak into fastgate's.
 # BENCH_ARGS passes options to benchmarks/run.py (see its --help), e.g. BENCH_ARGS="--repeats 5".
