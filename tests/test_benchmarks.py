@@ -137,6 +137,10 @@ def test_resources_percentile() -> None:
 
 
 @pytest.mark.e2e
+# The clients run on uvloop, which runs pytest-timeout's SIGALRM handler inside a loop callback
+# and swallows its exception: past 60 s on a loaded machine the test hung for good instead of
+# failing. The thread method ends the test process (xdist reports it and starts another).
+@pytest.mark.timeout(180, method="thread")
 def test_resources_benchmark_runs_small(capsys) -> None:  # type: ignore[no-untyped-def]
     # Every part of benchmarks/resources.py against a real fastgate, with tiny counts.
     from benchmarks import resources
