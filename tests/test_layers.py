@@ -9,6 +9,7 @@ lists are exact (every entry is an edge that exists) and docs/architecture.md sh
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def test_layer_rule() -> None:
     assert not found, "forbidden imports (DESIGN.md section 2):\n" + "\n".join(found)
 
 
+@functools.cache  # the sources do not change during a run; parsing them all costs seconds under coverage
 def _edges() -> list[tuple[str, str, bool]]:
     return [(module_name(path), target, lazy) for path in sorted(PACKAGE.rglob("*.py"))
             for target, lazy, _ in imports(path) if target != module_name(path)]
