@@ -460,7 +460,12 @@ class RequestReader:
             self._irregular_of = data
             self._irregular = _irregular_request_lines(self._carry + data if self._carry else data)
         irregular = self._irregular
-        return bool(irregular) and self._parser.get_method() + b" " + self._url in irregular
+        if not irregular:
+            return False
+        # A line may begin with the end of the previous request's body ("\x00GET / RTSP/1.0"
+        # after a one-byte body): llhttp's request starts after it, so the match is a suffix.
+        key = self._parser.get_method() + b" " + self._url
+        return any(line.endswith(key) for line in irregular)
 
     def _body_framing(self) -> bytes | None:
         """A minimal head with this request's body framing, or None if it has no body."""
