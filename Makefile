@@ -19,17 +19,22 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast fuzz lint types check check-all bench bench-quick bench-tools bench-resources clean
+.PHONY: install run test test-coverage test-fast test-compiled test-pure wheel fuzz lint types check check-all bench bench-quick bench-tools bench-resources clean
+
+# The modules mypyc compiles (fastgate/build.py COMPILED, the one list): an editable install
+# holds their extension modules beside the sources, so editing one rebuilds on the next make.
+# (fastgate also notices an edit made without make and runs the pure build, saying why.)
+COMPILED_SOURCES := $(shell sed -n 's/^ *"fastgate\.\([a-z0-9_.]*\)",$$/fastgate\/\1.py/p' fastgate/build.py | tr . / | sed 's,/py$$,.py,')
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed: pyproject.toml setup.py fastgate/build.py $(COMPILED_SOURCES) | $(PY)
 	$(PIP) install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(PY)
+$(VENV)/.installed-test: pyproject.toml setup.py fastgate/build.py $(COMPILED_SOURCES) | $(PY)
 	$(PIP) install --quiet -e '.[test,dev]'
 	touch $@ $(VENV)/.installed
 
@@ -58,17 +63,41 @@ PYTEST = $(PY) -m pytest $(PYTEST_OPTS)
 # source edited after them.
 PRECOMPILE = $(PY) -m compileall -q fastgate tests benchmarks examples
 
-# The coverage figure is reported after a failed test too; the exit status is pytest's, else
-# the report's (below fail_under: 2).
-test: $(VENV)/.installed-test
+# `make test`: the whole suite against both builds, the pure one under branch coverage
+# (coverage.py cannot trace compiled code) and the compiled one (where the build compiled:
+# tests/test_build.py fails a "compiled" run that is not). The coverage figure is reported
+# after a failed test too; the exit status is pytest's, else the report's (below fail_under: 2).
+test: test-coverage test-compiled
+
+test-coverage: $(VENV)/.installed-test
 	@$(PRECOMPILE)
 	@$(COVERAGE) erase
-	$(COVERAGE) run -m pytest $(PYTEST_OPTS); status=$$?; \
+	FASTGATE_PURE=1 TEST_BUILD=pure $(COVERAGE) run -m pytest $(PYTEST_OPTS); status=$$?; \
 	$(COVERAGE) combine --quiet && $(COVERAGE) report; report=$$?; \
 	exit $$(( status ? status : report ))
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not e2e"
+
+# The whole suite against one build, without coverage; tests/test_build.py fails when
+# another build runs (TEST_BUILD). PYTEST_ARGS passes pytest options, e.g.
+# PYTEST_ARGS="tests/test_e2e_load.py".
+test-compiled: $(VENV)/.installed-test
+	@$(PRECOMPILE)
+	TEST_BUILD=compiled $(PYTEST)
+
+test-pure: $(VENV)/.installed-test
+	@$(PRECOMPILE)
+	FASTGATE_PURE=1 TEST_BUILD=pure $(PYTEST)
+
+# A platform wheel (compiled where a C compiler works) and an sdist (which compiles when
+# installed, or installs the pure build without a compiler) in dist/.
+wheel: $(VENV)/.installed
+	rm -rf dist build/lib* build/bdist*
+	$(PIP) wheel --quiet --no-deps --wheel-dir dist .
+	$(PY) -m build --version >/dev/null 2>&1 || $(PIP) install --quiet build
+	$(PY) -m build --sdist --outdir dist .
+	@ls -l dist
 
 # The hypothesis tests with the long budget (tests/conftest.py, profile "fuzz"); no per-test
 # timeout, statistics (disagreement categories, rejections) printed at the end.
@@ -82,11 +111,9 @@ lint: $(VENV)/.installed-test
 types: $(VENV)/.installed-test
 	$(VENV)/bin/mypy
 
-# The suite's runs on each Python, one make target per build (`make check`, check-all): `test`
-# is the pure-Python build under coverage. A build whose code coverage.py cannot trace (issue
-# 13's compiled build) adds its own target running $(PYTEST) without coverage, e.g.
-# TEST_RUNS="test test-compiled"; every run counts in check-all's summary and wall times.
-TEST_RUNS ?= test
+# The suite's runs on each Python, one make target per build (`make check`, check-all): the
+# pure build under coverage, and the compiled build.
+TEST_RUNS ?= test-coverage test-compiled
 
 check: lint types $(TEST_RUNS)
 
@@ -141,4 +168,5 @@ bench-resources: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
 	$(PY) benchmarks/resources.py --peers-python $(PEERS_PY) $(RESOURCES_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info .coverage .coverage.*
+	rm -rf $(VENV) .pytest_cache .mypy_cache build dist *.egg-info .coverage .coverage.* fastgate__mypyc*.so fastgate/_build_info.json
+	find fastgate -name '*.so' -delete

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fastgate import build as _build
+
 __version__ = "0.1.0"
+
+# Before any compiled module is imported: FASTGATE_PURE=1 (or sources edited since the
+# compiled build) loads the hot path from its .py sources in this process and its children.
+_build.select()
 
 if TYPE_CHECKING:
     from fastgate.config import Config

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from fastgate import __version__, handover
+from fastgate import __version__, build, handover
 from fastgate.config import BOOL, LIST, OPTIONS, Config, closest, load, parse_value
 from fastgate.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML file of options (flat keys, or [tool.fastgate])")
     parser.add_argument("--print-config", action="store_true", help="print the merged configuration and exit")
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
-    parser.add_argument("--version", action="version", version=f"fastgate {__version__}")
+    parser.add_argument("--version", action="version", version=f"fastgate {__version__}: {build.describe()} build")
     groups: dict[str, Any] = {}
     for spec in OPTIONS.values():
         if spec.name == "app":

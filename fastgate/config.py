@@ -497,7 +497,8 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 # FASTGATE_* variables that are not options.
-NON_OPTION_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "HANDOVER"})  # handover.ENV
+# handover.ENV, and build.PURE_ENV (FASTGATE_PURE: run the pure-Python build)
+NON_OPTION_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "HANDOVER", ENV_PREFIX + "PURE"})
 
 
 def closest(name: str, candidates: list[str]) -> str | None:

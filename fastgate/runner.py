@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastgate import handover, logs
+from fastgate import build, handover, logs
 from fastgate.config import Config, replace
 
 
@@ -20,6 +20,9 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
     master supervises ``--workers`` forked workers, even when that is one.
     """
     logs.configure(config.log)
+    if not build.is_compiled():
+        # One line, so that a slower server is explained where the operator looks first.
+        logs.error_logger.info("Running the %s build", build.describe())
     state = handover.peek()
     if state is not None and config.process.workers == 0:
         # Re-executed in place: the adopted workers need this master. A config asking for

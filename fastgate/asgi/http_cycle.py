@@ -38,6 +38,21 @@ HIGH_WATER = 64 * 1024
 VECTOR_MIN = 16 * 1024
 
 
+
+def body_of(message: Message) -> bytes:
+    """The ``body`` of an ``http.response.body`` message, as the exact ``bytes`` the writers take.
+
+    bytes-like bodies (bytearray, memoryview) are copied; anything else is the app's error.
+    Checked here, at the app boundary, so that both builds answer alike: the compiled one
+    would otherwise raise TypeError wherever the annotation ``bytes`` first meets the value.
+    """
+    body = message.get("body", b"")
+    if type(body) is bytes:
+        return body
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
+
 class ASGIHTTPState(enum.Enum):
     START = "start"  # no response message yet
     STARTED = "started"  # http.response.start received, head not written yet
@@ -195,15 +210,15 @@ class RequestCycle(AppCycle):
         if mtype == "http.response.body":
             # The helpers are plain functions: an extra coroutine per message is measurable.
             if state is _BODY:
-                more_body = message.get("more_body", False)
-                if self._send_body(message.get("body", b""), more_body):
+                more_body = bool(message.get("more_body", False))
+                if self._send_body(body_of(message), more_body):
                     # Wait for the transport to drain so a fast producer cannot buffer unboundedly.
                     await self.channel.drain()
                 if not more_body and not self._trailers:
                     self._finish()
                 return
             if state is _STARTED:
-                self._send_first_body(message.get("body", b""), message.get("more_body", False))
+                self._send_first_body(body_of(message), bool(message.get("more_body", False)))
                 return
             raise self._out_of_order(mtype, state)
         if mtype == "http.response.pathsend":

@@ -60,7 +60,12 @@ class RequestHead:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestHead):
             return NotImplemented
-        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+        # Field by field, spelled out: a compiled (mypyc) class has no __slots__ to walk.
+        return (self.method == other.method and self.target == other.target and self.raw_path == other.raw_path
+                and self.query_string == other.query_string and self.http_version == other.http_version
+                and self.headers == other.headers and self.keep_alive == other.keep_alive
+                and self.expect_continue == other.expect_continue and self.upgrade == other.upgrade
+                and self.forwarded == other.forwarded)
 
 
 class BodyChunk:

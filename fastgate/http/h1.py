@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from fastgate.errors import LocalProtocolError
 from fastgate.fields import check_field
@@ -293,7 +293,7 @@ class H1Connection:
     # ---------------------------------------------------------------- sending
 
     def start_response(
-        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None = None
+        self, status: object, headers: Iterable[Any], body: bytes | None = None
     ) -> bytes:
         """Serialise the response head, choosing the body framing.
 
@@ -313,7 +313,7 @@ class H1Connection:
         """
         return b"".join(self._start(status, headers, body))
 
-    def start_response_parts(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> list[bytes]:
+    def start_response_parts(self, status: object, headers: Iterable[Any], body: bytes) -> list[bytes]:
         """``start_response`` with a known body, as ``[head, body]`` for a vectored write.
 
         For a large body: joining it to the head would copy all of it once more.
@@ -321,7 +321,7 @@ class H1Connection:
         parts = self._start(status, headers, body)
         return [b"".join(parts[:-1]), parts[-1]]
 
-    def _start(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None) -> list[bytes]:
+    def _start(self, status: object, headers: Iterable[Any], body: bytes | None) -> list[bytes]:
         state = self.response_state.moves[_START if body is None else _RESPOND]
         if state is None:
             raise LocalProtocolError("response already started")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 from fastgate.errors import LocalProtocolError
 from fastgate.fields import check_field
@@ -104,8 +104,8 @@ class ResponseWriter:
 
     def start(
         self,
-        status: int,
-        headers: Iterable[tuple[bytes, bytes]],
+        status: object,
+        headers: Iterable[Any],
         body: bytes | None,
         method: str,
         http_version: str,
@@ -133,7 +133,7 @@ class ResponseWriter:
         # An int subclass (HTTPStatus.OK) finds its line as the int does; a bool finds none
         # (True is 1), a float that equals an int is no int.
         status_line = STATUS_LINES.get(status) if isinstance(status, int) else None
-        if status_line is None or status < 200:
+        if status_line is None or not isinstance(status, int) or status < 200:
             # 1xx are interim responses (100 Continue is ours to send; 101 is an upgrade):
             # never the final response the caller is starting here.
             raise LocalProtocolError(f"invalid status code {status!r} for a final response")
@@ -180,7 +180,7 @@ class ResponseWriter:
             else:
                 line = name + b": " + value + b"\r\n"
                 # Only exact tuples: a subclass may hash and compare as it likes.
-                if pair.__class__ is tuple and len(cache) < _HEADER_CACHE_SIZE:
+                if type(pair) is tuple and len(cache) < _HEADER_CACHE_SIZE:
                     cache[pair] = line
                 append(line)
                 continue

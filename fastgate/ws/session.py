@@ -98,10 +98,13 @@ class _ServerProtocol(ServerProtocol):
             # dropped and the close goes on normally.
             self.current_size = None
         super().recv_frame(frame)
-        if not frame.fin and self.current_size is not None and opcode is not Opcode.PING and opcode is not _PONG:
+        size = self.current_size
+        if not frame.fin and size is not None and opcode is not Opcode.PING and opcode is not _PONG:
             # websockets subtracts current_size from max_size for the next frame, so the
             # charge makes its own check answer 1009 once a message's fragments cost too much.
-            self.current_size += FRAGMENT_COST
+            # (A plain assignment: mypyc cannot compile += on an attribute of this
+            # interpreted base class.)
+            self.current_size = size + FRAGMENT_COST
 
 
 def deflate_factory() -> ServerPerMessageDeflateFactory:
@@ -238,7 +241,9 @@ class WebSocketSession:
         self.state = _CLOSED
         self.disconnected = True
 
-    def accept(self, subprotocol: str | None = None, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    # The parameters of accept and reject are what the app sent, checked here: typed as such
+    # (object, Any) so that the compiled build refuses bad values as the pure one does.
+    def accept(self, subprotocol: object = None, headers: Iterable[Any] = ()) -> None:
         """Send the 101 response; bytes received meanwhile are processed now.
 
         Args:
@@ -272,7 +277,7 @@ class WebSocketSession:
             pending, self._pending = bytes(self._pending), bytearray()
             self._receive(pending)
 
-    def reject(self, status: int, headers: Iterable[tuple[bytes, bytes]] = (), body: bytes = b"") -> None:
+    def reject(self, status: object, headers: Iterable[Any] = (), body: object = b"") -> None:
         """Answer the upgrade request with a plain HTTP response (denial), then close.
 
         Args:
@@ -284,13 +289,13 @@ class WebSocketSession:
             ClientDisconnected: the client went away before the app decided.
             LocalProtocolError: not waiting for a decision, or invalid values.
         """
-        status = status_code(status)
+        code = status_code(status)
         extra = checked_headers(headers)
         if not isinstance(body, (bytes, bytearray, memoryview)):
             raise LocalProtocolError(f"the denial body must be bytes, got {type(body).__name__}")
         self._decision()
         try:
-            phrase = HTTPStatus(status).phrase
+            phrase = HTTPStatus(code).phrase
         except ValueError:
             phrase = ""
         response_headers = Headers()
@@ -301,7 +306,7 @@ class WebSocketSession:
                 del response_headers[name]
         response_headers["Content-Length"] = str(len(body))
         response_headers["Connection"] = "close"
-        self.protocol.send_response(Response(status, phrase, response_headers, bytes(body)))
+        self.protocol.send_response(Response(code, phrase, response_headers, bytes(body)))
         self.state = _CLOSED
         self._pending.clear()
         # No WebSocket was ever open: no close frame either (RFC 6455 §7.1.5: 1006).

@@ -1,0 +1,111 @@
+"""Build fastgate's hot path with mypyc where it can, and the pure-Python package where not.
+
+The modules compiled are fastgate.build.COMPILED (read from the source, not imported: the
+build environment does not have fastgate's dependencies). Without mypyc, or when the C
+compiler fails (none installed, no Python headers), the build still succeeds and installs
+the same modules as Python; fastgate logs one line at startup saying so. Either way
+fastgate/_build_info.json records what was built, for ``fastgate --version``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+INFO_FILE = "_build_info.json"
+
+
+def compiled_modules() -> list[str]:
+    """fastgate.build.COMPILED, read with ast."""
+    tree = ast.parse((ROOT / "fastgate" / "build.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "COMPILED":
+            assert node.value is not None
+            return list(ast.literal_eval(node.value))
+    raise RuntimeError("fastgate/build.py: no COMPILED")
+
+
+def source_of(module: str) -> Path:
+    return ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def info(reason: str | None) -> dict[str, object]:
+    """The record the running fastgate reads (fastgate.build.build_info)."""
+    if reason is not None:
+        return {"compiler": None, "reason": reason}
+    import mypy.version
+
+    return {
+        "compiler": "mypyc",
+        "mypy": mypy.version.__version__,
+        "python": platform.python_version(),
+        "sources": {m: hashlib.sha256(source_of(m).read_bytes()).hexdigest() for m in compiled_modules()},
+    }
+
+
+def mypyc_extensions() -> tuple[list[object], str | None]:
+    """mypyc's extension modules, or none and why."""
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        return [], "built without mypyc"
+    paths = [str(source_of(m).relative_to(ROOT)) for m in compiled_modules()]
+    # opt_level 3 is mypyc's default; the group name keeps the shared runtime library's name
+    # stable (fastgate__mypyc) instead of a hash of the module list.
+    try:
+        return list(mypycify(paths, opt_level="3", group_name="fastgate")), None
+    except (Exception, SystemExit) as exc:  # a type error or a mypyc bug: the pure build still works
+        reason = f"mypyc failed: {type(exc).__name__}: {exc}"
+        print(f"fastgate: {reason}; installing the pure build", file=sys.stderr)
+        return [], reason
+
+
+class BuildExt(build_ext):
+    """build_ext that falls back to the pure build when compiling fails, and records the outcome."""
+
+    reason: str | None = None
+
+    def run(self) -> None:
+        reason = BuildExt.reason
+        if reason is None:
+            try:
+                super().run()
+            except Exception as exc:  # no compiler, no headers: any failure of the C toolchain
+                reason = f"built without a working C compiler: {type(exc).__name__}: {exc}".strip()
+                print(f"fastgate: compiling the hot path failed, installing the pure build ({reason})",
+                      file=sys.stderr)
+                self._remove_outputs()
+        self._write_info(reason)
+
+    def _remove_outputs(self) -> None:
+        # A half-built set would mix compiled and pure modules: none, or all.
+        for ext in self.extensions:
+            for path in (Path(self.get_ext_fullpath(ext.name)),):
+                path.unlink(missing_ok=True)
+        self.extensions = []
+
+    def _write_info(self, reason: str | None) -> None:
+        text = json.dumps(info(reason), indent=1, sort_keys=True) + "\n"
+        # The wheel's copy (build_lib) and, for editable installs, the source tree's.
+        targets = [ROOT / "fastgate" / INFO_FILE] if self.inplace else [Path(self.build_lib) / "fastgate" / INFO_FILE]
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+
+    def get_outputs(self) -> list[str]:
+        out = list(super().get_outputs())
+        if not self.inplace:
+            out.append(str(Path(self.build_lib) / "fastgate" / INFO_FILE))
+        return out
+
+
+extensions, BuildExt.reason = mypyc_extensions()
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
