@@ -99,7 +99,7 @@ def test_forked_workers_run_the_masters_build(pure: bool) -> None:
     env = {"FASTGATE_PURE": "1"} if pure else {}
     with ServerProcess(["tests.build_app:app", "--workers", "1", "--port", "0"], env=env) as server:
         files = httpx.get(server.url + "/", timeout=30).json()
-        out = server.output()
+        out = server.output
     assert files and sorted(files) == sorted(set(files) & set(build.COMPILED))
     if pure or expected_build() == "pure":
         assert all(f.endswith(".py") for f in files.values()), files

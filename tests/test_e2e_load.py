@@ -49,7 +49,7 @@ def run_all(target: Callable[[int], None], count: int) -> None:
 
 
 def assert_clean_log(server: ServerProcess) -> None:
-    out = server.output()
+    out = server.output
     assert "Traceback" not in out and "Exception in ASGI application" not in out, out[-4000:]
 
 

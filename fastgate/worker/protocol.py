@@ -390,6 +390,10 @@ class HttpProtocol(asyncio.Protocol):
         self.conn.close()
         self.worker.discard(self)
 
+    def _between_requests(self) -> bool:
+        """No response in progress, and the connection still open."""
+        return self.cycle is None and not self._gone()
+
     def _gone(self) -> bool:
         return self.out.closed or self.transport.is_closing()
 
@@ -488,7 +492,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         if queued or self._eof:  # otherwise there is nothing to hand out: skip the calls
             self._serve()
-        if self.cycle is None and not self._gone():
+        # _serve may have started the next request's cycle. Asked through a method, not as
+        # `self.cycle is None` here: the type checker still holds self.cycle as the None
+        # assigned above, and the compiled build enforces that belief (the mypyc trial's
+        # "TypeError: None object expected; got RequestCycle" under pipelined load).
+        if self._between_requests():
             if self._eof:
                 out.flush()
                 self.transport.close()  # nothing more can arrive
