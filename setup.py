@@ -108,4 +108,8 @@ class BuildExt(build_ext):
 
 
 extensions, BuildExt.reason = mypyc_extensions()
+if BuildExt.reason is not None:
+    # No extension modules: build_ext will not run, so the reason is recorded here (the
+    # source tree's copy serves editable installs; package-data carries it into wheels).
+    (ROOT / "fastgate" / INFO_FILE).write_text(json.dumps(info(BuildExt.reason), indent=1, sort_keys=True) + "\n")
 setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
