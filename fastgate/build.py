@@ -131,6 +131,10 @@ def select() -> None:
         stale = _stale(info)
         if stale is not None:
             install_pure_finder(f"{stale} changed since the compiled build: reinstall (make install) to compile it")
+    elif isinstance(info.get("reason"), str):
+        # The last build was pure: extension modules still beside the sources (an editable
+        # tree compiled before) are leftovers of older code and must not run.
+        install_pure_finder(str(info["reason"]))
 
 
 def _is_extension(module: str) -> bool:
