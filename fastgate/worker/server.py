@@ -322,7 +322,10 @@ class Worker:
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    return uvloop.new_event_loop()
+    # Annotated: mypyc's type check in an isolated build environment has no uvloop (an
+    # untyped import there), and returning its Any fails --strict.
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 # Signals the master handles; a fresh worker starts with the default action for each.
