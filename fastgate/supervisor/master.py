@@ -33,6 +33,12 @@ A reload then cannot fork fresh code, so the master re-executes itself in place 
 also SIGUSR2 to upgrade fastgate itself): it hands its sockets, pipes and policy state to
 its next image (see ``fastgate/handover.py`` for exactly what crosses ``exec``), which adopts
 the running workers as the old generation and reloads from there.
+
+Size: about 950 lines, over the ~500 the design aims at. It is the one loop that executes
+the policy's actions, and each input it selects on (signals, worker pipes, children, the
+reload source, the control socket, the metrics listener, the handover across exec) adds its
+handler here. The next split is by input: the control and metrics listeners' dispatch and
+the handover adoption into modules of their own, the loop keeping only select and dispatch.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ closed.
 while ``_serve`` runs (an app answering without suspending, a probe) only does its
 bookkeeping, and the running ``_serve`` goes on with the next pipelined request: the stack
 stays flat however many requests one read carries.
+
+Size: about 650 lines, over the ~500 the design aims at: besides the request path it holds
+the per-request deadlines (``--timeout-request``), the file path (pathsend) and request ids,
+which all read the connection's state. The timeout and pathsend parts are the next to move
+into small pieces of their own, as probes and lingering close did.
 """
 
 from __future__ import annotations
