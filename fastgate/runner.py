@@ -20,8 +20,9 @@ def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
     master supervises ``--workers`` forked workers, even when that is one.
     """
     logs.configure(config.log)
-    if not build.is_compiled():
-        # One line, so that a slower server is explained where the operator looks first.
+    if not build.is_compiled() and not build.pure_requested():
+        # One line, so that a slower server is explained where the operator looks first
+        # (not when FASTGATE_PURE asked for it: whoever set it knows).
         logs.error_logger.info("Running the %s build", build.describe())
     state = handover.peek()
     if state is not None and config.process.workers == 0:

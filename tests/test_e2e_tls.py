@@ -373,3 +373,43 @@ def test_broken_renewal_keeps_the_old_workers_serving(serve: Any, tmp_path: Path
     assert probe.failures == []
     assert set(probe.seen) == {der(pki.server)}
     assert "generation 2" not in "\n".join(server.lines[mark:])
+
+
+def _accepted_by(pid: int, server_port: int, client_port: int) -> bool:
+    """Whether process ``pid`` holds the server side of the TCP connection from ``client_port``
+    (read from /proc: a connection still in the listen queue belongs to no process yet)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            inode = fields[9]
+    if inode is None:
+        return False
+    target = f"socket:[{inode}]"
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if str(fd.readlink()) == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_handshake_under_way_when_the_drain_begins_is_finished_and_answered(serve: Any, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = serve(APP, *pki.tls_args(), "--workers", "0", "--timeout-request-header", "10")
+    ctx = pki.client_context()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw:
+        # Accepted (the server's protocol exists, its handshake has not begun) ...
+        wait_for(lambda: _accepted_by(server.pid, server.port, raw.getsockname()[1]), 15, what="the accept")
+        server.signal(signal.SIGTERM)  # ... when the drain begins
+        server.wait_line("Shutting down", 15)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 404 "), data  # the app answered (it has no "/"), not a reset
+    assert b"\r\nconnection: close\r\n" in data.lower()

@@ -114,6 +114,12 @@ class Worker:
         self.connections: set[Connection] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
+        # TLS connections accepted whose handshake is not done (with the loop time they were
+        # accepted): not in the registry yet, but a drain that exits under them resets a
+        # client mid-handshake. A failed handshake never tells its protocol, so entries older
+        # than the handshake timeout are dropped as the dict grows (no weak references:
+        # compiled classes do not clear them reliably).
+        self.handshaking: dict[Connection, float] = {}
         http = config.http
         self.sweeper = DeadlineSweeper(self.connections, sweep_interval(
             http.timeout_keep_alive, http.timeout_request_header, http.timeout_request or 0.0,
@@ -139,9 +145,24 @@ class Worker:
 
     def add(self, connection: Connection) -> None:
         self.connections.add(connection)
+        if self.handshaking:
+            self.handshaking.pop(connection, None)
         self.all_closed.clear()
         if self.loop is not None:
             self.sweeper.wake(self.loop)
+
+    def _tls_protocol(self) -> HttpProtocol:
+        # Made at accept, before the TLS handshake; it joins the registry only once the
+        # handshake is done (connection_made), so the drain counts it here until then.
+        protocol = HttpProtocol(self)
+        now = protocol.loop.time()
+        handshaking = self.handshaking
+        if len(handshaking) >= _HANDSHAKES_PRUNE_AT:
+            expired = now - self.config.http.timeout_request_header
+            for old in [c for c, accepted in handshaking.items() if accepted < expired]:
+                del handshaking[old]
+        handshaking[protocol] = now
+        return protocol
 
     def discard(self, connection: Connection) -> None:
         self.connections.discard(connection)
@@ -185,7 +206,7 @@ class Worker:
             if tls:
                 # The handshake shares the request head's deadline: a client that connects and
                 # says nothing costs the same either way.
-                server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog,
+                server = await loop.create_server(self._tls_protocol, sock=sock, backlog=backlog,
                                                   ssl=self.ssl_context,
                                                   ssl_handshake_timeout=config.http.timeout_request_header)
             else:
@@ -233,6 +254,8 @@ class Worker:
             server.close()
         for connection in list(self.connections):
             connection.shutdown()
+        if self.handshaking and not self._force:
+            await self._wait_for_handshakes()
         if self.connections:
             timeout = self.config.process.timeout_graceful_shutdown
             try:
@@ -247,6 +270,20 @@ class Worker:
         tasks = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+
+    async def _wait_for_handshakes(self) -> None:
+        """Let TLS handshakes under way finish (their connections then join the registry and
+        get their first request answered), for at most the handshake timeout. Polled: a
+        failed handshake leaves no callback, only a dropped weak reference."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.http.timeout_request_header
+        deadline = loop.time() + min(timeout, self.config.process.timeout_graceful_shutdown)
+        while loop.time() < deadline:
+            expired = loop.time() - timeout
+            if all(accepted < expired for accepted in self.handshaking.values()):
+                break  # done, or failed (given up by the handshake timeout)
+            await asyncio.sleep(0.01)
+        self.handshaking.clear()
 
     # ------------------------------------------------------------ timers
 
@@ -319,6 +356,10 @@ class Worker:
         else:
             error_logger.info("Shutting down (SIGINT): finishing in-flight requests; Ctrl-C again to force")
             self.stop()
+
+
+# Past this many handshakes under way, the accept path drops the ones past their timeout.
+_HANDSHAKES_PRUNE_AT = 64
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
