@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -131,10 +132,29 @@ def select() -> None:
         stale = _stale(info)
         if stale is not None:
             install_pure_finder(f"{stale} changed since the compiled build: reinstall (make install) to compile it")
+        else:
+            ignore_compiled_throw_warning()
     elif isinstance(info.get("reason"), str):
         # The last build was pure: extension modules still beside the sources (an editable
         # tree compiled before) are leftovers of older code and must not run.
         install_pure_finder(str(info["reason"]))
+
+
+# What Python 3.12+ warns when a coroutine is thrown into with (type, value, traceback).
+THROW_WARNING: Final = r"the \(type, exc, tb\) signature of throw\(\) is deprecated"
+
+
+def ignore_compiled_throw_warning() -> None:
+    """Keep cancellation the same in both builds under ``-W error``.
+
+    A mypyc-compiled coroutine passes an exception on to the awaitable it waits for with the
+    three-argument ``throw()`` (mypyc/mypyc#1214), which Python 3.12+ answers with a
+    DeprecationWarning. With warnings as errors the warning replaces the CancelledError of
+    a drain deadline: the app's WebSocket closed 1011 (an app error) instead of 1012. The
+    warning is about the compiler's generated code, not about anything a user can change.
+    """
+    if sys.version_info >= (3, 12):
+        warnings.filterwarnings("ignore", message=THROW_WARNING, category=DeprecationWarning)
 
 
 def _is_extension(module: str) -> bool:

@@ -111,3 +111,15 @@ def test_forked_workers_run_the_masters_build(pure: bool) -> None:
     else:
         assert all(f.endswith(EXTENSIONS) for f in files.values()), files
         assert "Running the pure Python" not in out, out
+
+
+def test_a_drain_cancellation_closes_1012_with_warnings_as_errors() -> None:
+    # The compiled build's coroutines throw with three arguments; under -W error Python 3.12+
+    # turned that DeprecationWarning into the app's exception (1011 instead of 1012). This
+    # runs the cycle test without pytest's warning filters, so only fastgate's own filter
+    # (build.ignore_compiled_throw_warning) stands between the warning and the app.
+    test = "tests/asgi/test_ws_cycle.py::test_cancelled_app_closes_1012"
+    done = subprocess.run([sys.executable, "-W", "error", "-m", "pytest", "-q", "-p", "no:warnings",
+                           "-p", "no:cacheprovider", "-p", "no:xdist", test],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]

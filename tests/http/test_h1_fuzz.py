@@ -230,15 +230,20 @@ class Driver:
             assert conn.response_state is expected
 
 
-def check_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool) -> None:
-    """The server's bytes are exactly ``responses``, framed so that a client can read them."""
+def check_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool,
+                    cut: tuple[str, int] | None = None) -> None:
+    """The server's bytes are exactly ``responses``, framed so that a client can read them.
+
+    ``cut``: (method, status) of a response that follows them, cut short by the close.
+    """
     try:
-        _read_responses(wrote, responses, closed)
+        _read_responses(wrote, responses, closed, cut)
     except h11.ProtocolError as exc:
         raise AssertionError(f"a client cannot read the responses: {exc!r}\n{wrote!r}") from exc
 
 
-def _read_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool) -> None:
+def _read_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool,
+                    cut: tuple[str, int] | None) -> None:
     client = h11.Connection(h11.CLIENT)
     client.receive_data(wrote)
     if closed:
@@ -253,6 +258,9 @@ def _read_responses(wrote: bytes, responses: list[tuple[str, int]], closed: bool
         while not isinstance(got, h11.EndOfMessage):
             got = client.next_event()
             assert isinstance(got, (h11.Data, h11.EndOfMessage)), (index, got)
+    if cut is not None:
+        _read_cut_response(client, cut, bool(responses))
+        return
     # Nothing after them: a further request finds no response waiting.
     if client.their_state is h11.DONE and client.our_state is h11.DONE:
         client.start_next_cycle()
@@ -273,8 +281,33 @@ def run(draw: st.DrawFn, data: bytes) -> Driver:
     partial = bytes(driver.wrote[driver.complete :])
     assert not partial or (driver.started and not driver.answered), "bytes outside any response"
     closed = driver.phase in ("closed", "failed") or bool(partial)
-    check_responses(bytes(driver.wrote[: driver.complete]), driver.responses, closed)
+    if partial:
+        assert driver.head is not None
+        check_responses(bytes(driver.wrote), driver.responses, closed, cut=(driver.head.method, driver.status))
+    else:
+        check_responses(bytes(driver.wrote[: driver.complete]), driver.responses, closed)
     return driver
+
+
+def _read_cut_response(client: h11.Connection, cut: tuple[str, int], after_others: bool) -> None:
+    """The response the close cut short: its head reads; its body either ends where its framing
+    says (a bodiless answer: 204, 304, HEAD) or the client sees it incomplete, never complete
+    with bytes missing."""
+    method, status = cut
+    if after_others:
+        client.start_next_cycle()
+    client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    got = client.next_event()
+    assert isinstance(got, h11.Response) and got.status_code == status, ("cut", got)
+    try:
+        while not isinstance(got, h11.EndOfMessage):
+            got = client.next_event()
+            assert isinstance(got, (h11.Data, h11.EndOfMessage)), ("cut", got)
+    except h11.RemoteProtocolError as exc:
+        assert "incomplete" in str(exc) or "without sending complete message body" in str(exc), exc
+        return
+    assert method == "HEAD" or status in (204, 304), "a response cut short read as complete"
 
 
 @given(st.data())
@@ -315,3 +348,24 @@ def test_driver_sees_every_path() -> None:
         check_responses(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nxy", [("GET", 200)], closed=True)
     with pytest.raises(AssertionError, match="after the last response"):
         check_responses(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx" * 2, [("GET", 200)], closed=False)
+
+
+def test_a_streamed_response_cut_by_a_broken_body_reads_as_incomplete() -> None:
+    # Found by test_hostile_requests: a keep-alive request answered, then one whose app
+    # streams its answer (policy index 2) while the chunked body breaks (no CRLF after the
+    # chunk's data). The server can only close mid-response; a client must see the first
+    # response whole and the second incomplete. (The check took that close for bytes missing.)
+    data = (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n\x00\n0\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    it = iter([0, 0, 2, 0])  # end/200, then stream/200
+    driver = Driver(lambda strategy: next(it, 0), H1Limits())
+    driver.feed([data], eof=False)
+    assert driver.responses == [("GET", 200)] and driver.phase == "closed"
+    assert driver.started and not driver.answered
+    wrote = bytes(driver.wrote)
+    check_responses(wrote, driver.responses, closed=True, cut=("GET", 200))
+    # A cut body that a client would take for a complete one fails the check.
+    whole = wrote[: driver.complete] + b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx"
+    with pytest.raises(AssertionError, match="read as complete"):
+        check_responses(whole, driver.responses, closed=True, cut=("GET", 200))
