@@ -19,7 +19,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-coverage test-fast test-compiled test-pure wheel fuzz lint types check check-all bench bench-quick bench-tools bench-resources clean
+.PHONY: install run test test-coverage test-fast test-compiled test-pure wheel fuzz lint types check check-all bench bench-one bench-quick bench-tools bench-resources clean
 
 # The modules mypyc compiles (fastgate/build.py COMPILED, the one list): an editable install
 # holds their extension modules beside the sources, so editing one rebuilds on the next make.
@@ -147,10 +147,17 @@ check-all:
 	echo "=== check-all: $$(( $$(date +%s) - all )) s"; \
 	if [ -n "$$failed" ]; then echo "=== failed:$$failed"; exit 1; fi
 
-# Benchmarks: the peers live in their own venv so they never leak into fastgate's.
+# Benchmarks: the peers live in their own venv so they never leak into fastgate's, one per
+# Python like fastgate's (.venv-peers, .venv-peers-3.13).
 # BENCH_ARGS passes options to benchmarks/run.py (see its --help), e.g. BENCH_ARGS="--repeats 5".
-PEERS_VENV ?= benchmarks/.venv-peers
+PEERS_VENV ?= benchmarks/.venv-peers$(if $(PYTHON_VERSION),-$(PYTHON_VERSION))
 PEERS_PY := $(PEERS_VENV)/bin/python
+# Each bench-one run writes its own report: RESULTS.md for the default python3,
+# RESULTS-py3.13.md for PYTHON=.../3.13.
+BENCH_OUT ?= benchmarks/RESULTS$(if $(PYTHON_VERSION),-py$(PYTHON_VERSION)).md
+# `make bench`: the default python3 and the newest Python .ci/pythons finds (3.13 here): on
+# each, fastgate's compiled and pure builds beside the peers.
+BENCH_PYTHONS ?= python3 $(filter-out python3,$(shell .ci/pythons 2>/dev/null | tail -n 1))
 
 $(PEERS_VENV)/.installed: benchmarks/requirements-peers.txt
 	$(PYTHON) -m venv $(PEERS_VENV)
@@ -164,13 +171,17 @@ bench-tools:
 	  else echo "make bench: wrk is not installed and installing it needs root: skipping the install;" \
 	            "run 'sudo apt-get install wrk' and re-run"; fi; }
 
-# tls_files.py: Starlette FileResponse (pathsend) and TLS, vs uvicorn and granian (needs starlette: the test extras).
-bench: $(VENV)/.installed-test $(PEERS_VENV)/.installed bench-tools
-	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY) $(BENCH_ARGS)
-	$(PEERS_PY) benchmarks/tls_files.py --fastgate-python $(PY)
+bench:
+	@for py in $(BENCH_PYTHONS); do $(MAKE) --no-print-directory bench-one PYTHON=$$py || exit $$?; done
+
+# tls_files.py: Starlette FileResponse (pathsend) and TLS, vs uvicorn and granian (needs starlette:
+# the test extras), into TLS_FILES.md: on the default python3 only.
+bench-one: $(VENV)/.installed-test $(PEERS_VENV)/.installed bench-tools
+	$(PEERS_PY) benchmarks/run.py --fastgate-python $(PY) --peers-python $(PEERS_PY) --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(if $(PYTHON_VERSION),,$(PEERS_PY) benchmarks/tls_files.py --fastgate-python $(PY) --peers-python $(PEERS_PY))
 
 bench-quick: $(VENV)/.installed $(PEERS_VENV)/.installed bench-tools
-	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY) $(BENCH_ARGS)
+	$(PEERS_PY) benchmarks/run.py --quick --fastgate-python $(PY) --peers-python $(PEERS_PY) $(BENCH_ARGS)
 
 # Load and resource figures (benchmarks/RESOURCES.md): 10k idle connections, slowloris, a 1M-request
 # soak, idle WebSockets; one worker, uvicorn beside it. RESOURCES_ARGS="--quick" for a short run.
