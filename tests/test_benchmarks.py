@@ -3,6 +3,7 @@ frames, and the benchmark app served by fastgate."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from benchmarks import run, ws_load
+from benchmarks import live_instructions, run, ws_load
 from tests.server import ROOT, CommandProcess
 
 WRK_OUT = """\
@@ -86,6 +87,16 @@ def test_benchmark_app_under_fastgate(serve):
         r = client.get("/stream")
         assert r.status_code == 200 and len(r.content) == 16 * 65536
         assert client.get("/missing").status_code == 404
+
+
+def test_live_instructions_client_reads_every_response(serve):
+    # The client live_instructions.py drives a server under callgrind with (valgrind itself
+    # is too slow for the suite): every request answered 200 and read whole, on both paths.
+    server = serve("benchmarks.app:app", "--workers", "0", "--no-access-log")
+    for path in ("/", "/json"):
+        asyncio.run(live_instructions._client(server.port, 64, path))
+    with pytest.raises(AssertionError):
+        asyncio.run(live_instructions._client(server.port, 8, "/missing"))  # a 404 is not counted as served
 
 
 @pytest.mark.parametrize("big", [False, True])
