@@ -255,6 +255,31 @@ def test_request_id_header_echoed_and_logged_across_workers(serve: Serve) -> Non
     assert len({r["pid"] for r in records if r["logger"] == "fastgate.access"}) == 2
 
 
+def test_request_id_header_on_the_last_responses_of_a_draining_worker(serve: Serve) -> None:
+    # The responses a drain ends with (the one in flight, one on a kept-alive connection
+    # that arrives after SIGTERM) are told to close and still carry the request id.
+    server = serve(APP, "--workers", "0", "--request-id-header", "X-Request-ID")
+    busy, reused = server.connect(timeout=30), server.connect(timeout=30)
+    try:
+        reused.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(reused)[0] == 200
+        busy.sendall(b"GET /announce-slow?delay=1 HTTP/1.1\r\nHost: t\r\nX-Request-ID: in-flight-1\r\n\r\n")
+        server.wait_line("slow request started")
+        server.signal(signal.SIGTERM)
+        server.wait_line("Shutting down")
+        reused.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _, _ = read_response(reused)
+        assert status == 200 and headers[b"connection"] == b"close"
+        assert re.fullmatch(rb"[0-9a-f]{12}-[0-9a-f]+", headers[b"x-request-id"])
+        status, headers, body, _ = read_response(busy)
+        assert (status, body, headers[b"connection"]) == (200, b"slow done", b"close")
+        assert headers[b"x-request-id"] == b"in-flight-1"  # 127.0.0.1 is a trusted proxy
+        assert server.wait(30) == 0
+    finally:
+        busy.close()
+        reused.close()
+
+
 # ------------------------------------------------------------------ UNIX sockets
 
 
