@@ -6,39 +6,39 @@ event its signal produces (SIGHUP, SIGTTIN/SIGTTOU, SIGTERM, SIGUSR2), so the po
 no new language; it answers at once (status, upgrade) or when the outcome is known (the
 reload's verdict, the scale reached, the stop done).
 
-Like the metrics endpoint, the socket is only more fds in the master's selector: non-
-blocking, a bounded request line, a deadline per client, a bound on clients. The file is
-created with mode 0600: whoever can connect can stop the server.
+Like the metrics endpoint, the socket is only more fds in the master's selector (their
+shared part is ``selector_server.SelectorServer``): non-blocking, a bounded request line, a
+deadline per client, a bound on clients. The file is created with mode 0600: whoever can
+connect can stop the server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import selectors
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from fastgate.supervisor.selector_server import Client, SelectorServer, unix_listener
+
 MAX_CLIENTS = 8
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0  # to send the request line; a command that waits gets its own deadline
+BUSY = b'{"ok": false, "error": "busy"}\n'  # to a client over MAX_CLIENTS
 
 
-class _Client:
-    __slots__ = ("cid", "sock", "inbuf", "out", "deadline", "waiting")
+class _Client(Client):
+    __slots__ = ("cid", "waiting")
 
     def __init__(self, cid: int, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock, deadline)
         self.cid = cid  # never reused, unlike the fd: a late answer cannot reach another client
-        self.sock = sock
-        self.inbuf = b""
-        self.out = b""
-        self.deadline = deadline
         self.waiting = False  # the request is in; the answer will come from the master
 
 
-class ControlServer:
+class ControlServer(SelectorServer[_Client]):
     """Accepts control clients and hands each request to ``handle``.
 
     Args:
@@ -52,135 +52,81 @@ class ControlServer:
     def __init__(self, path: str, selector: selectors.BaseSelector, tag: str,
                  handle: Callable[[int, dict[str, Any]], dict[str, Any] | None]) -> None:
         self.path = path
-        self.selector = selector
-        self.tag = tag
         self.handle = handle
-        self.clients: dict[int, _Client] = {}  # by fd
-        self._fds: dict[int, int] = {}  # cid -> fd
         self._next_cid = 1
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        old = os.umask(0o177)  # created 0600: there is no moment it is open to others
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
+        sock = unix_listener(path, private=True)  # whoever can connect can stop the server
         sock.listen(16)
-        sock.setblocking(False)
-        self.sock = sock
-        selector.register(sock, selectors.EVENT_READ, tag)
-
-    def on_ready(self, fd: int, now: float) -> None:
-        if fd == self.sock.fileno():
-            self._accept(now)
-            return
-        client = self.clients.get(fd)
-        if client is None:
-            return
-        if client.out:
-            self._write(fd, client)
-        elif not client.waiting:
-            self._read(fd, client, now)
-        else:
-            self._check_gone(fd, client)
+        super().__init__(sock, selector, tag, max_clients=MAX_CLIENTS, max_request=MAX_REQUEST,
+                         timeout=REQUEST_TIMEOUT, busy=BUSY, unix_path=path)
 
     def answer(self, cid: int, reply: dict[str, Any]) -> None:
         """Send a waiting client its answer (then the connection closes)."""
-        fd = self._fds.get(cid)
-        client = self.clients.get(fd) if fd is not None else None
-        if fd is None or client is None or client.cid != cid:
+        found = self._find(cid)
+        if found is None:
             return  # it left or timed out meanwhile
+        fd, client = found
         client.waiting = False
-        client.out = json.dumps(reply).encode() + b"\n"
-        self.selector.modify(client.sock, selectors.EVENT_WRITE, self.tag)
-        self._write(fd, client)
+        self._send(fd, client, _encode(reply))
 
     def answer_now(self, cid: int, reply: dict[str, Any]) -> None:
         """Answer with a blocking send (the master is about to exit or exec)."""
-        fd = self._fds.get(cid)
-        client = self.clients.get(fd) if fd is not None else None
-        if fd is None or client is None:
+        found = self._find(cid)
+        if found is None:
             return
+        fd, client = found
         with contextlib.suppress(OSError):
             client.sock.setblocking(True)
             client.sock.settimeout(1.0)
-            client.sock.sendall(json.dumps(reply).encode() + b"\n")
+            client.sock.sendall(_encode(reply))
         self._close(fd)
 
     def wait(self, cid: int, deadline: float) -> None:
         """Client ``cid`` waits for an answer until ``deadline``."""
-        fd = self._fds.get(cid)
-        client = self.clients.get(fd) if fd is not None else None
-        if client is not None:
-            client.deadline = deadline
+        found = self._find(cid)
+        if found is not None:
+            found[1].deadline = deadline
 
-    def expire(self, now: float) -> None:
-        for fd, client in list(self.clients.items()):
-            if now >= client.deadline:
-                if client.waiting:
-                    self.answer(client.cid, {"ok": False, "error": "timed out waiting for the outcome"})
-                self._close(fd)
+    # ------------------------------------------------------------ the protocol
 
-    def close(self, unlink: bool = True) -> None:
-        for fd in list(self.clients):
-            self._close(fd)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(self.sock)
-        self.sock.close()
-        if unlink:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+    def _new_client(self, sock: socket.socket, deadline: float) -> _Client:
+        cid, self._next_cid = self._next_cid, self._next_cid + 1
+        return _Client(cid, sock, deadline)
 
-    # ------------------------------------------------------------ clients
+    def _find(self, cid: int) -> tuple[int, _Client] | None:
+        # By id, not fd: the fd of a client that left may already be another client's.
+        # A scan: there are at most MAX_CLIENTS.
+        for fd, client in self.clients.items():
+            if client.cid == cid:
+                return fd, client
+        return None
 
-    def _accept(self, now: float) -> None:
-        for _ in range(MAX_CLIENTS):
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                with contextlib.suppress(OSError):
-                    sock.send(b'{"ok": false, "error": "busy"}\n')
-                sock.close()
-                continue
-            sock.setblocking(False)
-            cid, self._next_cid = self._next_cid, self._next_cid + 1
-            self.clients[sock.fileno()] = _Client(cid, sock, now + REQUEST_TIMEOUT)
-            self._fds[cid] = sock.fileno()
-            self.selector.register(sock, selectors.EVENT_READ, self.tag)
+    def _complete(self, inbuf: bytes) -> bool:
+        return b"\n" in inbuf
 
-    def _read(self, fd: int, client: _Client, now: float) -> None:
+    def _on_readable(self, fd: int, client: _Client, now: float) -> None:
+        if client.waiting:
+            self._check_gone(fd, client)
+            return
+        request = self._receive(fd, client)
+        if request is None:
+            return
+        line = request.partition(b"\n")[0]
         try:
-            data = client.sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(fd)
-            return
-        if not data:
-            self._close(fd)
-            return
-        client.inbuf += data
-        line, sep, _ = client.inbuf.partition(b"\n")
-        if not sep:
-            if len(client.inbuf) > MAX_REQUEST:
-                self._close(fd)
-            return
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
+            decoded = json.loads(line)
+            if not isinstance(decoded, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            self._reply(fd, client, {"ok": False, "error": f"bad request: {exc}"})
+            self._send(fd, client, _encode({"ok": False, "error": f"bad request: {exc}"}))
             return
         client.waiting = True
-        reply = self.handle(client.cid, request)
+        reply = self.handle(client.cid, decoded)
         if reply is not None:
             self.answer(client.cid, reply)
+
+    def _on_deadline(self, fd: int, client: _Client) -> None:
+        if client.waiting:
+            self.answer(client.cid, {"ok": False, "error": "timed out waiting for the outcome"})
+        self._close(fd)
 
     def _check_gone(self, fd: int, client: _Client) -> None:
         # A waiting client that hangs up (Ctrl-C on `fastgate ctl`) is dropped; the command
@@ -194,27 +140,6 @@ class ControlServer:
         if not data:
             self._close(fd)
 
-    def _reply(self, fd: int, client: _Client, reply: dict[str, Any]) -> None:
-        client.waiting = True
-        self.answer(client.cid, reply)
 
-    def _write(self, fd: int, client: _Client) -> None:
-        try:
-            sent = client.sock.send(client.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(fd)
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self._close(fd)
-
-    def _close(self, fd: int) -> None:
-        client = self.clients.pop(fd, None)
-        if client is None:
-            return
-        self._fds.pop(client.cid, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        client.sock.close()
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode() + b"\n"

@@ -1,8 +1,9 @@
 """Prometheus exposition by the master (``--metrics-bind``): a collector over the
 ``MetricsStore`` and the scrape endpoint.
 
-``MetricsServer`` is one more fd in the master's selector: a non-blocking listener and,
-per scraper, a non-blocking socket with a deadline and a bounded request buffer. A slow
+``MetricsServer`` is one more fd in the master's selector (``selector_server.SelectorServer``,
+shared with the control socket): a non-blocking listener and, per scraper, a non-blocking
+socket with a deadline and a bounded request buffer. A slow
 or hostile scraper costs the master one ``recv``/``send`` per readiness and is dropped at
 its deadline; at most ``MAX_CLIENTS`` are served at once. The text is rendered by
 prometheus-client's exposition code from a custom collector (no registry of live metric
@@ -11,9 +12,7 @@ objects: the master holds plain numbers).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import selectors
 import socket
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from fastgate.config import parse_metrics_bind
 from fastgate.supervisor.metrics import BUCKETS, MetricsStore, WorkerView
+from fastgate.supervisor.selector_server import Client, SelectorServer, unix_listener
 
 logger = logging.getLogger("fastgate.error")
 
@@ -113,17 +113,7 @@ class FastgateCollector(Collector):
                                 value=generation)
 
 
-class _Client:
-    __slots__ = ("sock", "inbuf", "out", "deadline")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.inbuf = b""
-        self.out = b""
-        self.deadline = deadline
-
-
-class MetricsServer:
+class MetricsServer(SelectorServer[Client]):
     """The master's scrape endpoint: a listener and its clients, all in the master's selector.
 
     Args:
@@ -134,19 +124,13 @@ class MetricsServer:
     """
 
     def __init__(self, address: str, selector: selectors.BaseSelector, collector: Collector, tag: str) -> None:
-        self.selector = selector
-        self.tag = tag
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self.clients: dict[int, _Client] = {}
-        self.unix_path: str | None = None
         target = parse_metrics_bind(address)
+        unix_path: str | None = None
         if isinstance(target, str):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
-            sock.bind(target)
-            self.unix_path = target
+            sock = unix_listener(target)
+            unix_path = target
             self.display = f"unix:{target}"
         else:
             family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
@@ -157,77 +141,24 @@ class MetricsServer:
             self.display = f"http://[{host}]:{port}/metrics" if family == socket.AF_INET6 else \
                 f"http://{host}:{port}/metrics"
         sock.listen(64)
-        sock.setblocking(False)
-        self.sock = sock
-        selector.register(sock, selectors.EVENT_READ, tag)
+        super().__init__(sock, selector, tag, max_clients=MAX_CLIENTS, max_request=MAX_REQUEST,
+                         timeout=CLIENT_TIMEOUT, unix_path=unix_path)
 
-    def on_ready(self, fd: int, now: float) -> None:
-        """The selector says ``fd`` (the listener or a client) is ready."""
-        if fd == self.sock.fileno():
-            self._accept(now)
-            return
-        client = self.clients.get(fd)
-        if client is None:
-            return
-        if client.out:
-            self._write(fd, client)
-        else:
-            self._read(fd, client)
+    # ------------------------------------------------------------ the protocol
 
-    def expire(self, now: float) -> None:
-        """Drop clients past their deadline (called on every master wake-up)."""
-        for fd, client in list(self.clients.items()):
-            if now >= client.deadline:
-                self._close(fd)
+    def _new_client(self, sock: socket.socket, deadline: float) -> Client:
+        return Client(sock, deadline)
 
-    def close(self) -> None:
-        for fd in list(self.clients):
-            self._close(fd)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(self.sock)
-        self.sock.close()
-        if self.unix_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.unix_path)
+    def _complete(self, inbuf: bytes) -> bool:
+        return b"\r\n\r\n" in inbuf or b"\n\n" in inbuf
 
-    # ------------------------------------------------------------ clients
+    def _on_readable(self, fd: int, client: Client, now: float) -> None:
+        request = self._receive(fd, client)
+        if request is not None:
+            self._send(fd, client, self._answer(request))
 
-    def _accept(self, now: float) -> None:
-        for _ in range(MAX_CLIENTS):
-            try:
-                sock, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: try again at the next readiness
-                logger.warning("Metrics listener: accept failed: %s", exc)
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            client = _Client(sock, now + CLIENT_TIMEOUT)
-            self.clients[sock.fileno()] = client
-            self.selector.register(sock, selectors.EVENT_READ, self.tag)
-
-    def _read(self, fd: int, client: _Client) -> None:
-        try:
-            data = client.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(fd)
-            return
-        if not data:
-            self._close(fd)
-            return
-        client.inbuf += data
-        if b"\r\n\r\n" not in client.inbuf and b"\n\n" not in client.inbuf:
-            if len(client.inbuf) > MAX_REQUEST:
-                self._close(fd)
-            return
-        client.out = self._answer(client.inbuf)
-        self.selector.modify(client.sock, selectors.EVENT_WRITE, self.tag)
-        self._write(fd, client)
+    def _accept_failed(self, exc: OSError) -> None:
+        logger.warning("Metrics listener: accept failed: %s", exc)
 
     def _answer(self, request: bytes) -> bytes:
         line = request.split(b"\n", 1)[0].split()
@@ -240,26 +171,6 @@ class MetricsServer:
             return _response(404, b"text/plain", b"not found: try /metrics\n")
         body = generate_latest(self.registry)
         return _response(200, CONTENT_TYPE_LATEST.encode("ascii"), body, head_only=method == b"HEAD")
-
-    def _write(self, fd: int, client: _Client) -> None:
-        try:
-            sent = client.sock.send(client.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(fd)
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self._close(fd)
-
-    def _close(self, fd: int) -> None:
-        client = self.clients.pop(fd, None)
-        if client is None:
-            return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        client.sock.close()
 
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}

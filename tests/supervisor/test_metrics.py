@@ -3,6 +3,7 @@ scrape endpoint (a real selector and sockets, no processes), and restart counts 
 
 from __future__ import annotations
 
+import errno
 import json
 import selectors
 import socket
@@ -19,6 +20,7 @@ from fastgate.supervisor import scrape
 from fastgate.supervisor.policy import ReloadRequested, WorkerBeat
 from fastgate.worker.metrics import BUCKETS, MAX_PAIRS, MAX_RULES, WorkerMetrics
 from tests.supervisor.test_policy import FakeSpawner
+from tests.supervisor.test_selector_server import FailingListener
 
 # ------------------------------------------------------------------ framing
 
@@ -228,6 +230,17 @@ def test_endpoint_drops_slow_clients_at_their_deadline_and_bounds_their_number(e
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_endpoint_logs_a_failed_accept(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Caught at the logger: another test may have reconfigured fastgate's logging.
+    warnings: list[str] = []
+    monkeypatch.setattr(scrape.logger, "warning", lambda msg, *args: warnings.append(msg % args))
+    real = endpoint.server.sock
+    monkeypatch.setattr(endpoint.server, "sock", FailingListener(real))
+    endpoint.server.on_ready(real.fileno(), 0.0)
+    assert warnings == [f"Metrics listener: accept failed: {OSError(errno.EMFILE, 'Too many open files')}"]
+    assert not endpoint.server.clients
 
 
 def test_endpoint_on_a_unix_socket_replaces_a_stale_file_and_removes_it(tmp_path: object) -> None:
