@@ -61,8 +61,8 @@ ALLOWED: list[tuple[str, set[str]]] = [
 LAZY_ALLOWED = {
     ("fastgate.runner", "fastgate.supervisor"),  # run the master (or, single-process, bind the listeners)
     ("fastgate.runner", "fastgate.worker"),  # single-process mode only
-    ("fastgate.supervisor.spawner", "fastgate.worker"),  # the child's entry point
-    ("fastgate.supervisor.spawner", "fastgate.asgi"),  # --preload: the master imports the app
+    # The child's entry point; and --preload, where the master imports the app as a worker would.
+    ("fastgate.supervisor.spawner", "fastgate.worker"),
     ("fastgate.supervisor.reload", "fastgate.worker"),  # the dev reload warms the worker's imports
 }
 

@@ -184,11 +184,9 @@ def preload_app(config: Config) -> Any:
     ``fastgate.worker.server`` comes along (uvloop, httptools, the protocol code): imported
     before the fork, it is shared copy-on-write too. No loop or thread is created.
     """
-    import fastgate.worker.server  # noqa: F401 - shared with the workers, and checked here
-    from fastgate.asgi.loader import load_app
+    from fastgate.worker.server import configured_app  # shared with the workers, and checked here
 
-    a = config.app
-    return load_app(a.app, factory=a.factory, app_dir=a.app_dir, interface=a.interface)
+    return configured_app(config)
 
 
 def report_app_load_error(exc: AppLoadError) -> None:

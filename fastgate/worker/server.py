@@ -437,8 +437,7 @@ def run_worker(
             return EXIT_BOOT_FAILED
     if app is None:
         try:
-            app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
-                           interface=config.app.interface)
+            app = configured_app(config)
         except AppLoadError as exc:
             report_app_load_error(exc)
             return EXIT_APP_LOAD_FAILED
@@ -499,8 +498,7 @@ def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) ->
             print(f"fastgate: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        app = load_app(config.app.app, factory=config.app.factory, app_dir=config.app.app_dir,
-                       interface=config.app.interface)
+        app = configured_app(config)
     except AppLoadError as exc:
         report_app_load_error(exc)
         return EXIT_APP_LOAD_FAILED
@@ -527,6 +525,16 @@ def run_single(config: Config, bind: Callable[[Config], Sequence[Listening]]) ->
     finally:
         for listener in listeners:
             listener.close()
+
+
+def configured_app(config: Config) -> ASGIApp:
+    """Import the app ``config.app`` names, as a worker, ``--workers 0`` and ``--preload`` all do.
+
+    Raises:
+        AppLoadError: it could not be imported, or is not an ASGI app.
+    """
+    a = config.app
+    return load_app(a.app, factory=a.factory, app_dir=a.app_dir, interface=a.interface)
 
 
 def report_app_load_error(exc: AppLoadError) -> None:
