@@ -14,6 +14,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +28,19 @@ TIMEOUT = 5.0
 
 
 class LineServer(SelectorServer[Client]):
-    """Answers one line (``\\n``-terminated) with ``reply``, or with the line itself."""
+    """Answers one line (``\\n``-terminated) with ``reply``, or with the line itself.
 
-    def __init__(self, path: str, selector: selectors.BaseSelector, *, busy: bytes = b"") -> None:
+    On a UNIX socket at ``path``, or (None) on a loopback TCP port: only TCP lets a client reset.
+    """
+
+    def __init__(self, path: str | None, selector: selectors.BaseSelector, *, busy: bytes = b"") -> None:
         self.reply: bytes | None = None
         self.accept_errors: list[OSError] = []
-        sock = unix_listener(path)
+        if path is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+        else:
+            sock = unix_listener(path)
         sock.listen(16)
         super().__init__(sock, selector, "t", max_clients=MAX_CLIENTS, max_request=MAX_REQUEST, timeout=TIMEOUT,
                          busy=busy, unix_path=path)
@@ -53,7 +61,7 @@ class LineServer(SelectorServer[Client]):
 
 
 class Bench:
-    def __init__(self, path: str, busy: bytes = b"") -> None:
+    def __init__(self, path: str | None, busy: bytes = b"") -> None:
         self.path = path
         self.selector = selectors.DefaultSelector()
         self.server = LineServer(path, self.selector, busy=busy)
@@ -66,6 +74,8 @@ class Bench:
         self.server.expire(now)
 
     def client(self) -> socket.socket:
+        if self.path is None:
+            return socket.create_connection(self.server.sock.getsockname(), timeout=5)
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(5)
         sock.connect(self.path)
@@ -195,6 +205,44 @@ def test_a_client_that_hangs_up_mid_request_is_dropped(bench: Bench) -> None:
     sock.close()
     bench.pump()
     assert not bench.server.clients and bench.registered() == 1
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP RST instead of a FIN (linger on, zero seconds)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_reset_before_the_request_is_complete_drops_the_client() -> None:
+    bench = Bench(None)
+    try:
+        sock = bench.client()
+        sock.sendall(b"half a li")
+        bench.pump()
+        assert len(bench.server.clients) == 1
+        reset(sock)  # the server's next recv fails (ECONNRESET), it does not read an end
+        bench.pump()
+        assert not bench.server.clients and bench.registered() == 1
+    finally:
+        bench.server.close()
+        bench.selector.close()
+
+
+def test_a_reset_while_the_answer_goes_out_drops_the_client() -> None:
+    bench = Bench(None)
+    bench.server.reply = b"z" * (8 << 20)
+    try:
+        sock = bench.client()
+        sock.sendall(b"go\n")
+        bench.pump(20)
+        (_, client), = bench.server.clients.items()
+        assert client.out  # the rest waits for write readiness
+        reset(sock)  # readiness comes as an error; the next send fails (ECONNRESET or EPIPE)
+        bench.pump()
+        assert not bench.server.clients and bench.registered() == 1
+    finally:
+        bench.server.close()
+        bench.selector.close()
 
 
 class FailingListener:
