@@ -21,6 +21,10 @@ import socket
 from typing import Generic, TypeVar
 
 READ_SIZE = 4096  # bytes per recv: a request is a line or a short head; bounded by max_request anyway
+# Seconds the listener rests after a failed accept (EMFILE and friends). The connection that
+# failed stays queued, so the listener stays readable: without the rest the master's loop
+# would spin on it (and log a failure per pass) until a descriptor frees up.
+ACCEPT_PAUSE = 0.5
 
 
 class Client:
@@ -86,6 +90,7 @@ class SelectorServer(Generic[C]):
         self.busy = busy
         self.unix_path = unix_path
         self.clients: dict[int, C] = {}  # by fd
+        self.resume_at = 0.0  # when a resting listener listens again (0.0: it listens)
         sock.setblocking(False)
         self.sock = sock
         selector.register(sock, selectors.EVENT_READ, tag)
@@ -104,7 +109,11 @@ class SelectorServer(Generic[C]):
             self._on_readable(fd, client, now)
 
     def expire(self, now: float) -> None:
-        """Drop clients past their deadline (called on every master wake-up)."""
+        """Drop clients past their deadline, end a rest after a failed accept (called on every
+        master wake-up: at least once a second)."""
+        if self.resume_at and now >= self.resume_at:
+            self.resume_at = 0.0
+            self.selector.register(self.sock, selectors.EVENT_READ, self.tag)
         for fd, client in list(self.clients.items()):
             if now >= client.deadline:
                 self._on_deadline(fd, client)
@@ -136,7 +145,7 @@ class SelectorServer(Generic[C]):
         self._close(fd)
 
     def _accept_failed(self, exc: OSError) -> None:
-        """``accept`` failed (EMFILE and friends); the next readiness tries again."""
+        """``accept`` failed (EMFILE and friends); the listener rests ACCEPT_PAUSE seconds, then tries again."""
 
     # ------------------------------------------------------------ the shared paths
 
@@ -149,6 +158,8 @@ class SelectorServer(Generic[C]):
                 return
             except OSError as exc:
                 self._accept_failed(exc)
+                self.selector.unregister(self.sock)
+                self.resume_at = now + ACCEPT_PAUSE
                 return
             if len(self.clients) >= self.max_clients:
                 if self.busy:

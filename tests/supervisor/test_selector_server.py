@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fastgate.supervisor.selector_server import Client, SelectorServer, unix_listener
+from fastgate.supervisor.selector_server import ACCEPT_PAUSE, Client, SelectorServer, unix_listener
 
 MAX_CLIENTS = 3
 MAX_REQUEST = 100
@@ -258,17 +258,24 @@ class FailingListener:
         raise OSError(errno.EMFILE, "Too many open files")
 
 
-def test_a_failed_accept_is_reported_and_the_next_readiness_tries_again(
+def test_a_failed_accept_rests_the_listener_then_serves_the_queued_client(
     bench: Bench, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = bench.server.sock
     with bench.client() as sock:
         monkeypatch.setattr(bench.server, "sock", FailingListener(real))
-        bench.server.on_ready(real.fileno(), 0.0)
+        bench.server.on_ready(real.fileno(), 10.0)
         assert [e.errno for e in bench.server.accept_errors] == [errno.EMFILE] and not bench.server.clients
+        # The failed connection is still queued, so the listener stays readable: it is out
+        # of the selector while it rests, or the master's loop would spin on it.
+        assert bench.registered() == 0
         monkeypatch.undo()
         sock.sendall(b"again\n")
-        assert bench.read_all(sock) == b"again\n"  # still queued on the listener: served now
+        bench.pump(now=10.0 + ACCEPT_PAUSE / 2)
+        assert bench.registered() == 0 and len(bench.server.accept_errors) == 1
+        bench.pump(now=10.0 + ACCEPT_PAUSE)  # the rest is over: listening again
+        assert bench.registered() == 1
+        assert bench.read_all(sock, now=10.0 + ACCEPT_PAUSE) == b"again\n"  # still queued: served now
 
 
 def test_close_removes_the_socket_file_unless_told_not_to(tmp_path: Path) -> None:
