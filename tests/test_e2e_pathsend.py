@@ -207,3 +207,48 @@ def test_under_tls_files_are_read_in_chunks_and_a_reset_frees_everything(serve: 
             return json.loads(head_and_body(s)[2]) == {"pid": pid, "fds": before}
 
     wait_for(back, 15, what="the worker's fds back to where they were")
+
+
+def test_under_tls_file_chunks_count_as_writes_for_the_idle_limit(serve: Any, files: Path, tmp_path: Path) -> None:
+    # --timeout-request-idle with pathsend under TLS (chunks read and written, not sendfile):
+    # a file still flowing outlives the total limit (a started response is held to the idle
+    # limit alone); a client that stops reading stalls the chunks and is cut at the idle limit.
+    import ssl
+    import time
+
+    from tests.test_e2e_tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    server = serve(APP, *pki.tls_args(), "--workers", "0", "--timeout-request", "0.3",
+                   "--timeout-request-idle", "3", env={"FG_TEST_FILES": str(files)})
+    ctx = pki.client_context()
+
+    def connect() -> ssl.SSLSocket:
+        return ctx.wrap_socket(server.connect(timeout=30), server_hostname="localhost")
+
+    with connect() as sock:
+        sock.sendall(get("/files/big") + get("/files/one"))
+        start = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        got = len(data.partition(b"\r\n\r\n")[2])
+        while got < 100 * MIB:
+            chunk = sock.recv(min(MIB, 100 * MIB - got))
+            assert chunk, f"cut after {got} bytes"
+            got += len(chunk)
+            if got % (8 * MIB) < len(chunk):
+                time.sleep(0.05)  # a reader slower than the total limit, never quiet for the idle one
+        assert time.monotonic() - start > 0.3
+        assert head_and_body(sock)[2] == b"x"  # the same connection goes on
+    with connect() as sock:
+        sock.sendall(get("/files/big"))
+        got = 0
+        while got < MIB:
+            got += len(sock.recv(MIB))
+        server.wait_line(r"GET /files/big from .* sent nothing for [\d.]+s \(--timeout-request-idle\), "
+                         r"connection closed mid-response", timeout=30)
+        sock.settimeout(10)
+        while chunk := sock.recv(MIB):  # what was buffered, then the close
+            got += len(chunk)
+        assert got < 100 * MIB
