@@ -21,7 +21,7 @@ import pytest
 import trustme
 from websockets.sync.client import connect as ws_connect
 
-from tests.server import ROOT, ServerProcess, wait_for
+from tests.server import ROOT, ServerProcess, recv_until_closed, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -413,3 +413,17 @@ def test_a_handshake_under_way_when_the_drain_begins_is_finished_and_answered(se
                 data += chunk
     assert data.startswith(b"HTTP/1.1 404 "), data  # the app answered (it has no "/"), not a reset
     assert b"\r\nconnection: close\r\n" in data.lower()
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_failed_handshake_does_not_hold_the_drain(serve: Any, pki: PKI, workers: str) -> None:
+    # The handshake timeout far above the wait below: a drain that waited for the failed
+    # handshake to time out (it used to: a failed handshake never tells its protocol) fails.
+    server = serve(APP, *pki.tls_args(), "--workers", workers, "--timeout-request-header", "50")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(b"GET /scope HTTP/1.1\r\nHost: a\r\n\r\n")  # plain bytes: the handshake fails
+        assert recv_until_closed(sock) == b""  # refused and closed, no answer
+    # A handshake that succeeds as well: its connection is answered and closed, not waited on.
+    assert get_json(f"https://127.0.0.1:{server.port}/scope", pki.client_context())["scheme"] == "https"
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0

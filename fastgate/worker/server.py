@@ -114,12 +114,6 @@ class Worker:
         self.connections: set[Connection] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
-        # TLS connections accepted whose handshake is not done (with the loop time they were
-        # accepted): not in the registry yet, but a drain that exits under them resets a
-        # client mid-handshake. A failed handshake never tells its protocol, so entries older
-        # than the handshake timeout are dropped as the dict grows (no weak references:
-        # compiled classes do not clear them reliably).
-        self.handshaking: dict[Connection, float] = {}
         http = config.http
         self.sweeper = DeadlineSweeper(self.connections, sweep_interval(
             http.timeout_keep_alive, http.timeout_request_header, http.timeout_request or 0.0,
@@ -145,24 +139,9 @@ class Worker:
 
     def add(self, connection: Connection) -> None:
         self.connections.add(connection)
-        if self.handshaking:
-            self.handshaking.pop(connection, None)
         self.all_closed.clear()
         if self.loop is not None:
             self.sweeper.wake(self.loop)
-
-    def _tls_protocol(self) -> HttpProtocol:
-        # Made at accept, before the TLS handshake; it joins the registry only once the
-        # handshake is done (connection_made), so the drain counts it here until then.
-        protocol = HttpProtocol(self)
-        now = protocol.loop.time()
-        handshaking = self.handshaking
-        if len(handshaking) >= _HANDSHAKES_PRUNE_AT:
-            expired = now - self.config.http.timeout_request_header
-            for old in [c for c, accepted in handshaking.items() if accepted < expired]:
-                del handshaking[old]
-        handshaking[protocol] = now
-        return protocol
 
     def discard(self, connection: Connection) -> None:
         self.connections.discard(connection)
@@ -206,7 +185,7 @@ class Worker:
             if tls:
                 # The handshake shares the request head's deadline: a client that connects and
                 # says nothing costs the same either way.
-                server = await loop.create_server(self._tls_protocol, sock=sock, backlog=backlog,
+                server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=backlog,
                                                   ssl=self.ssl_context,
                                                   ssl_handshake_timeout=config.http.timeout_request_header)
             else:
@@ -250,16 +229,18 @@ class Worker:
         self.draining = True
         if self.hooks is not None:
             self.hooks.draining()
+        tls_closed = await self._watch_tls_transports()
         for server in self.servers:
             server.close()
         for connection in list(self.connections):
             connection.shutdown()
-        if self.handshaking and not self._force:
-            await self._wait_for_handshakes()
+        timeout = self.config.process.timeout_graceful_shutdown
+        deadline = asyncio.get_running_loop().time() + timeout
+        if tls_closed:
+            await self._wait_for_handshakes(tls_closed, timeout)
         if self.connections:
-            timeout = self.config.process.timeout_graceful_shutdown
             try:
-                await asyncio.wait_for(self.all_closed.wait(), timeout)
+                await asyncio.wait_for(self.all_closed.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except TimeoutError:
                 error_logger.warning("%d connection(s) still open after --timeout-graceful-shutdown %gs: closing them",
                                      len(self.connections), timeout)
@@ -271,19 +252,33 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
 
-    async def _wait_for_handshakes(self) -> None:
+    async def _watch_tls_transports(self) -> list[asyncio.Future[None]]:
+        """Before the listeners close: one future per TLS listener, done once every transport
+        it accepted is closed (none while the drain is forced).
+
+        A TLS connection joins the registry only when its handshake is done (connection_made),
+        and a failed handshake never tells its protocol anything: the listener's own count of
+        open transports is what sees both. uvloop's ``Server.wait_closed`` waits on that count,
+        but only when called before ``close()`` (after it, it returns at once), hence here."""
+        if self._force:
+            return []
+        watched: list[asyncio.Future[None]] = [
+            asyncio.ensure_future(server.wait_closed())
+            for server, tls in zip(self.servers, self.tls, strict=True) if tls
+        ]
+        if watched:
+            await asyncio.sleep(0)  # let each wait_closed run up to its wait (and register it)
+        return watched
+
+    async def _wait_for_handshakes(self, tls_closed: list[asyncio.Future[None]], timeout: float) -> None:
         """Let TLS handshakes under way finish (their connections then join the registry and
-        get their first request answered), for at most the handshake timeout. Polled: a
-        failed handshake leaves no callback, only a dropped weak reference."""
-        loop = asyncio.get_running_loop()
-        timeout = self.config.http.timeout_request_header
-        deadline = loop.time() + min(timeout, self.config.process.timeout_graceful_shutdown)
-        while loop.time() < deadline:
-            expired = loop.time() - timeout
-            if all(accepted < expired for accepted in self.handshaking.values()):
-                break  # done, or failed (given up by the handshake timeout)
-            await asyncio.sleep(0.01)
-        self.handshaking.clear()
+        get their first request answered) or fail, within the graceful timeout. A handshake
+        gives up by itself at its timeout (``ssl_handshake_timeout``), so a slow client holds
+        the drain no longer than that; a failed one holds it not at all. The wait also covers
+        the handshaken TLS connections, which the registry's wait covers as well."""
+        _, pending = await asyncio.wait(tls_closed, timeout=timeout)
+        for future in pending:
+            future.cancel()
 
     # ------------------------------------------------------------ timers
 
@@ -356,10 +351,6 @@ class Worker:
         else:
             error_logger.info("Shutting down (SIGINT): finishing in-flight requests; Ctrl-C again to force")
             self.stop()
-
-
-# Past this many handshakes under way, the accept path drops the ones past their timeout.
-_HANDSHAKES_PRUNE_AT = 64
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
