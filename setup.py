@@ -51,6 +51,19 @@ def info(reason: str | None) -> dict[str, object]:
     }
 
 
+# The setup.py commands that only write metadata: pip runs setup.py three times per install
+# (get_requires_for_build_*: egg_info; prepare_metadata_for_build_*: dist_info; then the
+# build), and mypycify type-checks and generates C each time it is called, ~20 s apiece.
+METADATA_COMMANDS = {"egg_info", "dist_info"}
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "sdist", "bdist"}
+
+
+def metadata_only(argv: list[str]) -> bool:
+    """Whether this run of setup.py writes metadata only (no extension module is built)."""
+    commands = [arg for arg in argv[1:] if not arg.startswith("-")]
+    return bool(commands) and commands[0] in METADATA_COMMANDS and not BUILD_COMMANDS & set(commands)
+
+
 def mypyc_extensions() -> tuple[list[object], str | None]:
     """mypyc's extension modules, or none and why."""
     try:
@@ -59,9 +72,12 @@ def mypyc_extensions() -> tuple[list[object], str | None]:
         return [], "built without mypyc"
     paths = [str(source_of(m).relative_to(ROOT)) for m in compiled_modules()]
     # opt_level 3 is mypyc's default; the group name keeps the shared runtime library's name
-    # stable (fastgate__mypyc) instead of a hash of the module list.
+    # stable (fastgate__mypyc) instead of a hash of the module list. The generated C goes to a
+    # directory of this Python's own: `make check-all` builds every Python's venv from the
+    # same tree at once, and one build must not rewrite the files another is compiling.
+    target = str(Path("build") / f"mypyc-{sys.implementation.cache_tag}")
     try:
-        return list(mypycify(paths, opt_level="3", group_name="fastgate")), None
+        return list(mypycify(paths, opt_level="3", group_name="fastgate", target_dir=target)), None
     except (Exception, SystemExit) as exc:  # a type error or a mypyc bug: the pure build still works
         reason = f"mypyc failed: {type(exc).__name__}: {exc}"
         print(f"fastgate: {reason}; installing the pure build", file=sys.stderr)
@@ -107,7 +123,9 @@ class BuildExt(build_ext):
         return out
 
 
-extensions, BuildExt.reason = mypyc_extensions()
+extensions: list[object] = []
+if not metadata_only(sys.argv):  # the metadata does not depend on the extension modules
+    extensions, BuildExt.reason = mypyc_extensions()
 if BuildExt.reason is not None:
     # No extension modules: build_ext will not run, so the reason is recorded here (the
     # source tree's copy serves editable installs; package-data carries it into wheels).
