@@ -19,7 +19,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-coverage test-fast test-compiled test-pure wheel fuzz lint types check check-all bench bench-one bench-quick bench-tools bench-resources clean
+.PHONY: install venv run test test-coverage test-fast test-compiled test-pure wheel fuzz lint types check check-all bench bench-one bench-quick bench-tools bench-resources clean
 
 # The modules mypyc compiles (fastgate/build.py COMPILED, the one list): an editable install
 # holds their extension modules beside the sources, so editing one rebuilds on the next make.
@@ -39,6 +39,9 @@ $(VENV)/.installed-test: pyproject.toml setup.py fastgate/build.py $(COMPILED_SO
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
+
+# The venv with the test and dev tools (the first step of every target below).
+venv: $(VENV)/.installed-test
 
 run: $(VENV)/.installed
 	$(VENV)/bin/fastgate examples.hello:app --host $(HOST) --port $(PORT)
@@ -63,11 +66,14 @@ PYTEST = $(PY) -m pytest $(PYTEST_OPTS)
 # source edited after them.
 PRECOMPILE = $(PY) -m compileall -q fastgate tests benchmarks examples
 
-# `make test`: the whole suite against the pure build under branch coverage (coverage.py
-# cannot trace compiled code); `make test-compiled` runs it against the compiled build (see
-# TEST_RUNS below for why that is not part of `make test` yet). The coverage figure is reported
-# after a failed test too; the exit status is pytest's, else the report's (below fail_under: 2).
-test: test-coverage
+# `make test`: the whole suite against both builds: the pure build under branch coverage
+# (test-coverage: coverage.py cannot trace compiled code), then the compiled build
+# (test-compiled), the second run whatever the first's outcome. The coverage figure is
+# reported after a failed test too; test-coverage's exit status is pytest's, else the
+# report's (below fail_under: 2).
+test: $(VENV)/.installed-test
+	@$(MAKE) --no-print-directory test-coverage; first=$$?; \
+	$(MAKE) --no-print-directory test-compiled; exit $$(( first ? first : $$? ))
 
 test-coverage: $(VENV)/.installed-test
 	@$(PRECOMPILE)
@@ -116,36 +122,18 @@ types: $(VENV)/.installed-test
 # Python (the default python3) and TEST_RUNS_MORE on the others: both builds everywhere, but
 # coverage, which doubles a run's CPU (565 s against ~300 s), once: the figure is a property of
 # the source, and three coverage runs do not fit CI's time budget on a 2-core machine.
-#
-# The compiled build is held out of CI for now: two known differences from the pure build fail
-# in it (tests/http/test_h1_fuzz.py::test_hostile_requests, intermittently, and, on 3.12+,
-# tests/asgi/test_ws_cycle.py::test_cancelled_app_closes_1012); `make test-compiled` runs it.
-# Add test-compiled back to both lists once they pass.
-TEST_RUNS ?= test-coverage
-TEST_RUNS_MORE ?= test-pure
+TEST_RUNS ?= test-coverage test-compiled
+TEST_RUNS_MORE ?= test-pure test-compiled
 
 check: lint types $(TEST_RUNS)
 
-# Every Python >= 3.11 on this machine, one after another, each in its own venv; .ci/pythons
-# lists them and names the ones it looked for and did not find. Each step (lint, types, each
-# of TEST_RUNS) prints its wall time; a failing step does not stop the others, and the last
-# line names every one that failed.
+# Every Python >= 3.11 on this machine, each in its own venv (.ci/pythons lists them and names
+# the ones it looked for and did not find): the venvs built at once, ruff once, mypy on each
+# Python, then the TEST_RUNS and TEST_RUNS_MORE, CI_PARALLEL (default 2) at a time
+# (.ci/check-all says why). Each step prints its wall time; a failing step does not stop the
+# others, and the last line names every one that failed.
 check-all:
-	@pythons="$$(.ci/pythons)" || exit $$?; failed=""; all=$$(date +%s); runs="$(TEST_RUNS)"; \
-	for py in $$pythons; do \
-	  for step in lint types $$runs; do \
-	    start=$$(date +%s); \
-	    echo "=== $$py: make $$step"; \
-	    if $(MAKE) --no-print-directory $$step PYTHON=$$py; then \
-	      echo "=== $$py: $$step passed in $$(( $$(date +%s) - start )) s"; \
-	    else \
-	      echo "=== $$py: $$step FAILED after $$(( $$(date +%s) - start )) s"; failed="$$failed $$py:$$step"; \
-	    fi; \
-	  done; \
-	  runs="$(TEST_RUNS_MORE)"; \
-	done; \
-	echo "=== check-all: $$(( $$(date +%s) - all )) s"; \
-	if [ -n "$$failed" ]; then echo "=== failed:$$failed"; exit 1; fi
+	@TEST_RUNS='$(TEST_RUNS)' TEST_RUNS_MORE='$(TEST_RUNS_MORE)' MAKE='$(MAKE)' .ci/check-all
 
 # Benchmarks: the peers live in their own venv so they never leak into fastgate's, one per
 # Python like fastgate's (.venv-peers, .venv-peers-3.13).
