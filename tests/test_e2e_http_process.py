@@ -267,6 +267,8 @@ def test_request_id_header_on_the_last_responses_of_a_draining_worker(serve: Ser
         server.wait_line("slow request started")
         server.signal(signal.SIGTERM)
         server.wait_line("Shutting down")
+        # The log line comes first; the connections are told once the listener is closed.
+        wait_for(lambda: _refused(server), timeout=10, what="listener closed")
         reused.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         status, headers, _, _ = read_response(reused)
         assert status == 200 and headers[b"connection"] == b"close"
