@@ -229,15 +229,15 @@ class Worker:
         self.draining = True
         if self.hooks is not None:
             self.hooks.draining()
-        tls_closed = await self._watch_tls_transports()
+        transports_closed = await self._watch_transports()
         for server in self.servers:
             server.close()
         for connection in list(self.connections):
             connection.shutdown()
         timeout = self.config.process.timeout_graceful_shutdown
         deadline = asyncio.get_running_loop().time() + timeout
-        if tls_closed:
-            await self._wait_for_handshakes(tls_closed, timeout)
+        if transports_closed:
+            await self._wait_for_transports(transports_closed, timeout)
         if self.connections:
             try:
                 await asyncio.wait_for(self.all_closed.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
@@ -252,31 +252,31 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
 
-    async def _watch_tls_transports(self) -> list[asyncio.Future[None]]:
-        """Before the listeners close: one future per TLS listener, done once every transport
-        it accepted is closed (none while the drain is forced).
+    async def _watch_transports(self) -> list[asyncio.Future[None]]:
+        """Before the listeners close: one future per listener, done once every transport it
+        accepted is closed (none while the drain is forced).
 
-        A TLS connection joins the registry only when its handshake is done (connection_made),
-        and a failed handshake never tells its protocol anything: the listener's own count of
-        open transports is what sees both. uvloop's ``Server.wait_closed`` waits on that count,
-        but only when called before ``close()`` (after it, it returns at once), hence here."""
+        The registry does not see every connection the listeners accepted: a transport joins
+        it in ``connection_made``, which uvloop runs an iteration after the accept (a
+        connection accepted just before the drain would be dropped unanswered when the worker
+        exits), and a TLS connection joins only once its handshake is done (a failed handshake
+        never tells its protocol anything). The listener's own count of open transports sees
+        them all. uvloop's ``Server.wait_closed`` waits on that count, but only when called
+        before ``close()`` (after it, it returns at once), hence here."""
         if self._force:
             return []
-        watched: list[asyncio.Future[None]] = [
-            asyncio.ensure_future(server.wait_closed())
-            for server, tls in zip(self.servers, self.tls, strict=True) if tls
-        ]
+        watched: list[asyncio.Future[None]] = [asyncio.ensure_future(server.wait_closed()) for server in self.servers]
         if watched:
             await asyncio.sleep(0)  # let each wait_closed run up to its wait (and register it)
         return watched
 
-    async def _wait_for_handshakes(self, tls_closed: list[asyncio.Future[None]], timeout: float) -> None:
-        """Let TLS handshakes under way finish (their connections then join the registry and
-        get their first request answered) or fail, within the graceful timeout. A handshake
-        gives up by itself at its timeout (``ssl_handshake_timeout``), so a slow client holds
-        the drain no longer than that; a failed one holds it not at all. The wait also covers
-        the handshaken TLS connections, which the registry's wait covers as well."""
-        _, pending = await asyncio.wait(tls_closed, timeout=timeout)
+    async def _wait_for_transports(self, closed: list[asyncio.Future[None]], timeout: float) -> None:
+        """Let the connections the listeners accepted finish, within the graceful timeout: those
+        not yet in the registry (accepted an iteration ago, or in a TLS handshake) get their
+        first request answered with keep-alive off. A TLS handshake gives up by itself at its
+        timeout (``ssl_handshake_timeout``); a failed one holds the drain not at all. The
+        registered connections are waited for here too, as by the registry's wait after it."""
+        _, pending = await asyncio.wait(closed, timeout=timeout)
         for future in pending:
             future.cancel()
 
