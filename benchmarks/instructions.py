@@ -37,9 +37,14 @@ def _count(mode: str, n: int, big: bool) -> int:
            sys.executable, __file__, "--drive", mode, "-n", str(n)] + (["--big"] if big else [])
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    match = re.search(r"Collected : (\d+)", proc.stderr)
+    return callgrind_total(proc.stderr)
+
+
+def callgrind_total(stderr: str) -> int:
+    """The instruction total callgrind prints when its program exits."""
+    match = re.search(r"Collected : (\d+)", stderr)
     if match is None:
-        raise RuntimeError(f"no callgrind total in:\n{proc.stderr}")
+        raise RuntimeError(f"no callgrind total in:\n{stderr}")
     return int(match.group(1))
 
 

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: its siblings as the benchmarks package
+
+from benchmarks.instructions import callgrind_total  # noqa: E402
+from benchmarks.run import free_port  # noqa: E402
+
 CONNECTIONS = 8
 
 
@@ -50,15 +55,9 @@ async def _client(port: int, requests: int, path: str) -> None:
     await asyncio.gather(*(one(requests // CONNECTIONS) for _ in range(CONNECTIONS)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _count(requests: int, path: str) -> int:
     """Total instructions of a server that served ``requests`` (plus the warm-up)."""
-    port = _free_port()
+    port = free_port()
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "fastgate",
            "benchmarks.app:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "0", "--no-access-log"]
     server = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0"),
@@ -81,10 +80,7 @@ def _count(requests: int, path: str) -> int:
         if server.poll() is None:
             server.kill()
             server.wait()
-    match = re.search(r"Collected : (\d+)", stderr)
-    if match is None:
-        raise RuntimeError(f"no callgrind total in:\n{stderr}")
-    return int(match.group(1))
+    return callgrind_total(stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
