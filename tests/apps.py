@@ -204,6 +204,12 @@ async def http_app(scope: Scope, receive: Any, send: Any) -> None:
         print("slow request started", flush=True)
         await asyncio.sleep(float(q.get("delay", "2")))
         await _respond(send, 200, b"slow done")
+    elif path == "/announce-slow-stream":  # a streamed response whose head is out when announced
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"slow ", "more_body": True})
+        print("slow stream started", flush=True)
+        await asyncio.sleep(float(q.get("delay", "1")))
+        await send({"type": "http.response.body", "body": b"stream done"})
     elif path == "/stall-upload":  # read one chunk, then stop reading until /release-upload
         _release_upload = asyncio.Event()
         first = await receive()

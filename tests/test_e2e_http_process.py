@@ -128,6 +128,29 @@ def test_graceful_shutdown_finishes_in_flight_and_closes_idle(serve: Serve, sig:
             sock.close()
 
 
+def test_a_drain_keeps_the_keep_alive_promise_of_a_response_already_under_way(serve: Serve) -> None:
+    # A proxy pools a connection as soon as a response that promised keep-alive is in, and may
+    # send the next request on it at once: closing right after that response would reset the
+    # request (nginx answers 502 to a POST, which it never retries). So the connection serves
+    # one more request, told to close.
+    server = serve(APP, "--workers", "0", "--timeout-keep-alive", "4")
+    sock = server.connect(timeout=15)
+    try:
+        sock.sendall(b"GET /announce-slow-stream?delay=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        server.wait_line("slow stream started")
+        server.signal(signal.SIGTERM)
+        server.wait_line("Shutting down")
+        status, headers, body, _ = read_response(sock)
+        assert (status, body) == (200, b"slow stream done") and b"connection" not in headers
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        status, headers, body, _ = read_response(sock)
+        assert (status, body, headers[b"connection"]) == (200, b"hi", b"close")
+        assert closed_by_server(sock)
+        assert server.wait(30) == 0
+    finally:
+        sock.close()
+
+
 def closed_by_server(sock: socket.socket, timeout: float = 15.0) -> bool:
     """True when the server closed the connection (EOF or reset), False on a timeout."""
     sock.settimeout(timeout)

@@ -26,7 +26,8 @@ a call raises ``LocalProtocolError``. tests/http/test_h1_states.py walks every p
 
 ``keep_alive`` has one owner, this class: the request's own wish (HTTP/1.0 without
 keep-alive, ``Connection: close``), a broken or cut-short request, the caller's
-``disable_keep_alive`` (a draining worker), and the writer's verdict on the response
+``disable_keep_alive`` (an abort, an overloaded worker) or ``end_keep_alive`` (a draining
+worker: no promise broken), and the writer's verdict on the response
 (``ResponseWriter.closing``). ``start_next_request`` reuses the connection only when both
 sides are DONE and all of them agree.
 """
@@ -197,6 +198,7 @@ class H1Connection:
         "response_state",
         "state",
         "_keep_alive",
+        "_keep_alive_ends",
         "_events",
         "_method",
         "_http_version",
@@ -210,6 +212,7 @@ class H1Connection:
         self.response_state = _RESPONSE_WAITING
         self.state = _OPEN
         self._keep_alive = True
+        self._keep_alive_ends = False  # end_keep_alive came after a head that promised it
         self._events = reader.events
         # The request being answered (a HEAD response has no body; HTTP/1.0 frames differently).
         self._method = "GET"
@@ -221,8 +224,23 @@ class H1Connection:
         return self._keep_alive and not self.writer.closing
 
     def disable_keep_alive(self) -> None:
-        """Close after the current response (a draining worker, an overloaded one, an abort)."""
+        """Close after the current response (an abort, an overloaded worker), whatever its
+        head said."""
         self._keep_alive = False
+
+    def end_keep_alive(self) -> None:
+        """No response from now on promises keep-alive (a graceful drain).
+
+        A response whose head already went out promising it keeps that promise: the
+        connection is reused once more, and that request is answered with ``connection:
+        close``. Closing right after such a response would race the peer's next request (a
+        proxy's pool sends one as soon as a response is in) and reset it, which the proxy
+        cannot retry when it is a POST (nginx answers 502).
+        """
+        if self.response_state is _RESPONSE_WAITING:
+            self._keep_alive = False
+        else:
+            self._keep_alive_ends = True
 
     # ---------------------------------------------------------------- receiving
 
@@ -437,6 +455,8 @@ class H1Connection:
             return False
         self.request_state = request_state
         self.response_state = response_state
+        if self._keep_alive_ends:
+            self._keep_alive = False
         self._method = "GET"  # until the next head: an error answered meanwhile (408) has a body
         self.writer.request_header = b""  # it named the request just answered
         return True

@@ -314,7 +314,7 @@ class HttpProtocol(asyncio.Protocol):
         worker = self.worker
         settings = self.settings
         if worker.draining:
-            self.conn.disable_keep_alive()
+            self.conn.end_keep_alive()
         probes = settings.probes
         if probes is not None:
             status = probes.status(head.raw_path, worker.ready and not worker.draining)
@@ -469,7 +469,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         conn = self.conn
         if worker.draining:
-            conn.disable_keep_alive()
+            conn.end_keep_alive()  # a response that promised keep-alive keeps its promise
         if not conn.start_next_request():
             out.flush()
             if conn.request_state is _REQUEST_DONE:
@@ -532,11 +532,12 @@ class HttpProtocol(asyncio.Protocol):
         a request on it at this very moment, and closing would reset that request, which a
         proxy cannot retry when it is a POST. Proxies keep their idle timeout below ours
         (deploy/nginx: 4 s < 5 s), so they close first. A request arriving meanwhile is
-        answered with ``connection: close``; an in-flight one closes after its response; a
-        just-accepted connection gets its first request answered. The drain deadline
-        (``--timeout-graceful-shutdown``) bounds all of it.
+        answered with ``connection: close``; an in-flight one closes after its response,
+        unless its head already went out promising keep-alive (then the connection stays for
+        one more request, for the same reason); a just-accepted connection gets its first
+        request answered. The drain deadline (``--timeout-graceful-shutdown``) bounds all of it.
         """
-        self.conn.disable_keep_alive()
+        self.conn.end_keep_alive()
 
     def abort(self) -> None:
         """The drain deadline passed: cancel the app and drop the connection."""

@@ -229,11 +229,13 @@ class Worker:
         self.draining = True
         if self.hooks is not None:
             self.hooks.draining()
+        # Before the yield in _watch_transports: a response whose head goes out after this
+        # says connection: close (one whose head is out keeps its promise: Protocol.shutdown).
+        for connection in list(self.connections):
+            connection.shutdown()
         transports_closed = await self._watch_transports()
         for server in self.servers:
             server.close()
-        for connection in list(self.connections):
-            connection.shutdown()
         timeout = self.config.process.timeout_graceful_shutdown
         deadline = asyncio.get_running_loop().time() + timeout
         if transports_closed:

@@ -228,5 +228,5 @@ def test_sighup_reload_under_post_load_behind_the_tcp_variant_has_no_5xx(
           f"nginx statuses {dict(at_nginx)}, client errors {len(load.errors)}, "
           f"upstream errors nginx recovered from {len(nginx.upstream_errors()) - len(nginx.failed_requests())}")
     assert not load.errors, load.errors[:5]
-    assert set(load.statuses) == {200}, load.statuses
+    assert set(load.statuses) == {200}, (load.statuses, nginx.upstream_errors())
     assert not nginx.failed_requests(), (nginx.failed_requests(), nginx.upstream_errors())

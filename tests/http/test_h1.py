@@ -242,6 +242,38 @@ def test_upgrade_request_is_paused_behind_a_pending_response() -> None:
     assert conn.next_event() is NEED_DATA
 
 
+def test_end_keep_alive_before_the_head_closes_after_this_response() -> None:
+    conn = ready()
+    conn.end_keep_alive()
+    assert b"connection: close\r\n" in conn.start_response(200, [], b"x")
+    assert not conn.start_next_request()
+
+
+def test_end_keep_alive_after_a_head_that_promised_it_serves_one_more_request() -> None:
+    # Closing after a response that promised keep-alive races the peer's next request.
+    for during in ("body", "done"):
+        conn = ready()
+        head = conn.start_response(200, [])
+        assert b"connection:" not in head
+        if during == "body":
+            conn.end_keep_alive()
+        conn.send_body(b"x", end=True)
+        if during == "done":
+            conn.end_keep_alive()
+        assert conn.start_next_request(), during
+        conn.receive_data(GET)
+        assert events(conn)[1:] == [END_OF_REQUEST, NEED_DATA]
+        assert b"connection: close\r\n" in conn.start_response(200, [], b"y")
+        assert not conn.start_next_request()
+
+
+def test_end_keep_alive_does_not_revive_a_connection_told_to_close() -> None:
+    conn = ready(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert b"connection: close\r\n" in conn.start_response(200, [], b"")
+    conn.end_keep_alive()
+    assert not conn.start_next_request()
+
+
 def test_start_next_request_rules() -> None:
     conn = ready()
     with pytest.raises(LocalProtocolError):
