@@ -11,6 +11,7 @@ builds with on a shared machine.
 
     python benchmarks/live_instructions.py                          # plaintext, this Python
     python benchmarks/live_instructions.py --path /json -n 500
+    python benchmarks/live_instructions.py --close                  # a connection per request
     FASTGATE_PURE=1 python benchmarks/live_instructions.py          # the pure build
 """
 
@@ -36,26 +37,35 @@ from benchmarks.run import free_port  # noqa: E402
 CONNECTIONS = 8
 
 
-async def _client(port: int, requests: int, path: str) -> None:
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+async def _client(port: int, requests: int, path: str, close: bool) -> None:
+    headers = "Host: 127.0.0.1\r\n" + ("Connection: close\r\n" if close else "")
+    request_bytes = f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(request_bytes)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        assert length is not None and head.startswith(b"HTTP/1.1 200 "), head
+        await reader.readexactly(int(length.group(1)))
 
     async def one(count: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for _ in range(count):
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                assert length is not None and head.startswith(b"HTTP/1.1 200 "), head
-                await reader.readexactly(int(length.group(1)))
-        finally:
-            writer.close()
-            await writer.wait_closed()
+        # Keep-alive: one connection for all; --close: a connection per request, which the
+        # server closes after its response.
+        for _ in range(count if close else 1):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for _ in range(1 if close else count):
+                    await exchange(reader, writer)
+                if close:
+                    assert await reader.read() == b""
+            finally:
+                writer.close()
+                await writer.wait_closed()
 
     await asyncio.gather(*(one(requests // CONNECTIONS) for _ in range(CONNECTIONS)))
 
 
-def _count(requests: int, path: str) -> int:
+def _count(requests: int, path: str, close: bool) -> int:
     """Total instructions of a server that served ``requests`` (plus the warm-up)."""
     port = free_port()
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "fastgate",
@@ -72,8 +82,8 @@ def _count(requests: int, path: str) -> int:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the server did not start under valgrind") from None
                 time.sleep(0.2)
-        asyncio.run(_client(port, 200, path))  # warm-up: first-call costs land in both runs alike
-        asyncio.run(_client(port, requests, path))
+        asyncio.run(_client(port, 200, path, close))  # warm-up: first-call costs land in both runs alike
+        asyncio.run(_client(port, requests, path, close))
         server.send_signal(signal.SIGTERM)
         _, stderr = server.communicate(timeout=300)
     finally:
@@ -87,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--path", default="/", help="/ (plaintext) or /json")
     p.add_argument("-n", type=int, default=1000, help="requests in the smaller run (the other has 3N)")
+    p.add_argument("--close", action="store_true", help="Connection: close, a new connection per request")
     args = p.parse_args(argv)
-    one, three = _count(args.n, args.path), _count(3 * args.n, args.path)
-    print(f"{args.path:6} {(three - one) / (2 * args.n):10,.0f} instructions/request")
+    one, three = _count(args.n, args.path, args.close), _count(3 * args.n, args.path, args.close)
+    label = f"{args.path} close" if args.close else args.path
+    print(f"{label:8} {(three - one) / (2 * args.n):10,.0f} instructions/request")
     return 0
 
 

@@ -91,12 +91,15 @@ def test_benchmark_app_under_fastgate(serve):
 
 def test_live_instructions_client_reads_every_response(serve):
     # The client live_instructions.py drives a server under callgrind with (valgrind itself
-    # is too slow for the suite): every request answered 200 and read whole, on both paths.
+    # is too slow for the suite): every request answered 200 and read whole, on both paths,
+    # keep-alive and with a connection per request (which the server must close).
     server = serve("benchmarks.app:app", "--workers", "0", "--no-access-log")
     for path in ("/", "/json"):
-        asyncio.run(live_instructions._client(server.port, 64, path))
-    with pytest.raises(AssertionError):
-        asyncio.run(live_instructions._client(server.port, 8, "/missing"))  # a 404 is not counted as served
+        for close in (False, True):
+            asyncio.run(live_instructions._client(server.port, 64, path, close))
+    for close in (False, True):
+        with pytest.raises(AssertionError):
+            asyncio.run(live_instructions._client(server.port, 8, "/missing", close))  # a 404 is not counted
 
 
 @pytest.mark.parametrize("big", [False, True])
