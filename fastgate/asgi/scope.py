@@ -14,7 +14,7 @@ leftmost entries are written by the client itself and prove nothing.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from fastgate.asgi.types import ASGI_VERSION, WWW_SPEC_VERSION, Scope
@@ -25,10 +25,15 @@ from fastgate.http.h1_receive import PROXY_HEADERS
 Address = tuple[str, int]
 ServerAddress = tuple[str, int | None]  # a UNIX socket: (path, None)
 
+# The byte b"%" as an int: `int in bytes` is a byte search, where `bytes in bytes` first
+# tries its argument as an int and raises and clears a TypeError (with its formatted
+# message) before it searches: 2.1K instructions of the 55K of a plaintext request on 3.11.
+_PERCENT: Final = 0x25
+
 
 def decode_path(raw_path: bytes) -> str:
     """Percent-decode the path and decode it as UTF-8 (invalid bytes replaced)."""
-    if b"%" not in raw_path:
+    if _PERCENT not in raw_path:
         try:
             return raw_path.decode("ascii")
         except UnicodeDecodeError:
@@ -247,7 +252,7 @@ def build_scope(head: RequestHead, info: ConnectionInfo, subprotocols: list[str]
     """
     raw_path = head.raw_path
     # Most paths are plain ASCII without escapes: decode them inline.
-    path = raw_path.decode("ascii") if raw_path.isascii() and b"%" not in raw_path else decode_path(raw_path)
+    path = raw_path.decode("ascii") if raw_path.isascii() and _PERCENT not in raw_path else decode_path(raw_path)
     root_path = info.root_path
     if root_path:
         # The path includes root_path, as uvicorn and the clarified spec have it (asgiref
