@@ -242,6 +242,29 @@ def test_upgrade_request_is_paused_behind_a_pending_response() -> None:
     assert conn.next_event() is NEED_DATA
 
 
+@pytest.mark.parametrize(("version", "expected"), [
+    (b"1.1", "1.1"), (b"1.0", "1.0"), (b"1.2", 505), (b"2.0", 505), (b"9.9", 505), (b"0.9", 400),
+])
+def test_the_version_is_the_same_read_off_the_line_or_asked_of_the_parser(version: bytes,
+                                                                         expected: str | int) -> None:
+    # The first request of a read takes the version from the line's bytes; a pipelined one
+    # (not at the start of the read) and one split over reads ask llhttp.
+    request = b"GET /x HTTP/" + version + b"\r\nHost: a\r\n\r\n"
+    for feeds in ([request + request], [request[:12], request[12:]]):
+        conn = H1Connection()
+        for data in feeds:
+            conn.receive_data(data)
+        for _ in range(2 if len(feeds) == 1 and expected in ("1.1", "1.0") else 1):
+            event = conn.next_event()
+            got = event.http_version if isinstance(event, RequestHead) else getattr(event, "status", event)
+            assert got == expected, (feeds, event)
+            if isinstance(event, RequestHead):
+                assert conn.next_event() is END_OF_REQUEST
+                conn.start_response(200, [], b"")
+                if not conn.start_next_request():
+                    break
+
+
 def test_end_keep_alive_before_the_head_closes_after_this_response() -> None:
     conn = ready()
     conn.end_keep_alive()
