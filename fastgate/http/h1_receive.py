@@ -362,7 +362,7 @@ class RequestReader:
             regular = data[0] > _SP and data[method_end + 1] != _SP and data[protocol] == _H
             if regular:
                 # llhttp checked "HTTP/d.d" there: the version is read off the line, since
-                # httptools' get_http_version formats a new string each time (2.1K
+                # httptools' get_http_version formats a new string each time (2.2K
                 # instructions a request, OPTIMIZATIONS row 22).
                 version = _VERSIONS.get(data[protocol + 5 : protocol + 8])
         else:
