@@ -579,6 +579,7 @@ _SPECIAL_HEADERS = {
     **dict.fromkeys(PROXY_HEADERS, RequestReader._on_proxy_header),
 }
 
-# Interned method names: one dict lookup instead of a decode per request.
+# The versions served, by their bytes on the request line (see on_headers_complete).
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
+# Interned method names: one dict lookup instead of a decode per request.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
