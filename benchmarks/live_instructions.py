@@ -12,6 +12,11 @@ builds with on a shared machine.
     python benchmarks/live_instructions.py                          # plaintext, this Python
     python benchmarks/live_instructions.py --path /json -n 500
     python benchmarks/live_instructions.py --close                  # a connection per request
+    python benchmarks/live_instructions.py --server uvicorn --python benchmarks/.venv-peers/bin/python
+
+The same count for uvicorn (its flags as in run.py: httptools, uvloop) puts the two side by
+side without the machine's noise; the kernel's share, which end-to-end CPU includes, is left
+out for both.
     FASTGATE_PURE=1 python benchmarks/live_instructions.py          # the pure build
 """
 
@@ -32,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: its siblings as the benchmarks package
 
 from benchmarks.instructions import callgrind_total  # noqa: E402
-from benchmarks.run import free_port  # noqa: E402
+from benchmarks.run import Server, free_port  # noqa: E402
 
 CONNECTIONS = 8
 
@@ -44,9 +49,16 @@ async def _client(port: int, requests: int, path: str, close: bool) -> None:
     async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(request_bytes)
         head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
         length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        assert length is not None and head.startswith(b"HTTP/1.1 200 "), head
-        await reader.readexactly(int(length.group(1)))
+        if length is not None:
+            await reader.readexactly(int(length.group(1)))
+            return
+        # uvicorn sends a body given without a length chunked.
+        assert re.search(rb"(?im)^transfer-encoding:\s*chunked", head), head
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        assert await reader.readuntil(b"\r\n") == b"\r\n"  # no trailers
 
     async def one(count: int) -> None:
         # Keep-alive: one connection for all; --close: a connection per request, which the
@@ -65,11 +77,15 @@ async def _client(port: int, requests: int, path: str, close: bool) -> None:
     await asyncio.gather(*(one(requests // CONNECTIONS) for _ in range(CONNECTIONS)))
 
 
-def _count(requests: int, path: str, close: bool) -> int:
+def _count(requests: int, path: str, close: bool, server_kind: str = "fastgate", python: str = sys.executable) -> int:
     """Total instructions of a server that served ``requests`` (plus the warm-up)."""
     port = free_port()
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "fastgate",
-           "benchmarks.app:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "0", "--no-access-log"]
+    # One process (fastgate: --workers 0); a peer as `python -m`, not its console script,
+    # so that valgrind runs the interpreter itself.
+    argv = Server(server_kind, python).argv(port, 0)
+    if server_kind != "fastgate":
+        argv = [python, "-m", server_kind, *argv[1:]]
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
     server = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -98,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", default="/", help="/ (plaintext) or /json")
     p.add_argument("-n", type=int, default=1000, help="requests in the smaller run (the other has 3N)")
     p.add_argument("--close", action="store_true", help="Connection: close, a new connection per request")
+    p.add_argument("--server", choices=("fastgate", "uvicorn"), default="fastgate")
+    p.add_argument("--python", default=sys.executable, help="the server's interpreter (a peer's: its venv's)")
     args = p.parse_args(argv)
-    one, three = _count(args.n, args.path, args.close), _count(3 * args.n, args.path, args.close)
+    one, three = (_count(n, args.path, args.close, args.server, args.python) for n in (args.n, 3 * args.n))
     label = f"{args.path} close" if args.close else args.path
-    print(f"{label:8} {(three - one) / (2 * args.n):10,.0f} instructions/request")
+    print(f"{args.server:8} {label:8} {(three - one) / (2 * args.n):10,.0f} instructions/request")
     return 0
 
 

@@ -97,6 +97,7 @@ def test_live_instructions_client_reads_every_response(serve):
     for path in ("/", "/json"):
         for close in (False, True):
             asyncio.run(live_instructions._client(server.port, 64, path, close))
+    asyncio.run(live_instructions._client(server.port, 8, "/stream", False))  # chunked, as uvicorn answers
     for close in (False, True):
         with pytest.raises(AssertionError):
             asyncio.run(live_instructions._client(server.port, 8, "/missing", close))  # a 404 is not counted
