@@ -109,15 +109,17 @@ def test_the_idle_limit_alone_bounds_the_wait_for_a_response(serve: Serve) -> No
 
 
 def test_the_limit_is_per_request_not_per_connection(serve: Serve) -> None:
-    server = serve(APP, "--workers", "0", "--timeout-request", "0.3", "--timeout-keep-alive", "30")
+    # Each request well inside the limit (a loaded machine may run the 0.1 s sleep late),
+    # the connection older than it.
+    server = serve(APP, "--workers", "0", "--timeout-request", "1", "--timeout-keep-alive", "30")
     with server.connect(timeout=10) as sock:
         buf = bytearray()
         for _ in range(2):
-            sock.sendall(b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: t\r\n\r\n")
+            sock.sendall(b"GET /sleep?s=0.1 HTTP/1.1\r\nHost: t\r\n\r\n")
             status, _, body, buf = read_response(sock, buf)
             assert (status, body) == (200, b"ok")
             # Idle past the request limit: only the keep-alive deadline applies between requests.
-            time.sleep(0.5)
+            time.sleep(1.1)
         sock.sendall(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_response(sock, buf)[:3:2] == (200, b"ok")
 
