@@ -17,11 +17,9 @@ and help text, and the checks that tie options together. Splitting it would spli
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import math
 import os
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -472,6 +470,8 @@ def read_toml(path: str) -> dict[str, Any]:
     Raises:
         ConfigError: the file is missing, is not valid TOML, or names an unknown option.
     """
+    import tomllib  # here: only a --config file needs it, and every fastgate process reads this module
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -510,6 +510,8 @@ def closest(name: str, candidates: list[str]) -> str | None:
     longer = sorted((c for c in candidates if c.startswith(name)), key=len)
     if longer:
         return longer[0]
+    import difflib  # here: only a mistyped option needs it
+
     found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return found[0] if found else None
 

@@ -103,9 +103,18 @@ from fastgate.supervisor.spawner import (
     preload_app,
     report_app_load_error,
 )
-from fastgate.tls import check as check_tls
 
 logger = logging.getLogger("fastgate.error")
+
+
+def check_tls(config: Config) -> None:
+    """``fastgate.tls.check``, with ``ssl`` imported only for a configuration that serves TLS:
+    a master without it never needs the module (nor OpenSSL loaded at start-up)."""
+    if config.tls_enabled:
+        from fastgate.tls import check
+
+        check(config)
+
 
 HANDLED_SIGNALS = (
     signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 TRIM_THRESHOLD = 4 * 1024 * 1024
@@ -36,7 +35,7 @@ USER_TUNABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP
 
 def keep_heap() -> bool:
     """Apply the settings above to this process; True when they were applied."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not sys.platform.startswith("linux") or not _is_glibc():
         return False
     if any(name in os.environ for name in USER_TUNABLES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
@@ -48,3 +47,13 @@ def keep_heap() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success.
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _is_glibc() -> bool:
+    """True on glibc: the answer ``platform.libc_ver()`` gives first, without importing
+    ``platform`` (a few milliseconds of every worker's start-up)."""
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        return False
+    return version is not None and version.startswith("glibc ")

@@ -44,7 +44,6 @@ from fastgate.worker.flow import READ_BACKLOG, READ_PIPELINE, FlowControl
 from fastgate.worker.linger import linger
 from fastgate.worker.output import WriteBuffer
 from fastgate.worker.probes import probe_response, text_response
-from fastgate.worker.websocket import WebSocketProtocol
 
 # Python 3.12 can start a task eagerly: its first step runs inside create, with the task
 # already current. Before 3.12 every request pays a call_soon and a loop iteration.
@@ -387,7 +386,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         # The bytes now belong to the WebSocket protocol; this one steps aside (the worker
         # registers the websocket before it lets go of this one, so a drain never sees an
-        # empty registry in between).
+        # empty registry in between). Imported here, once per upgrade: a worker that never sees
+        # a WebSocket never loads the websockets library, the largest of its imports.
+        from fastgate.worker.websocket import WebSocketProtocol
+
         ws = WebSocketProtocol(self.worker, self.transport, self.flow, self.info)
         self.transport.set_protocol(ws)
         ws.start(event)

@@ -19,7 +19,6 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
-from email.utils import formatdate
 from typing import Any, Protocol
 
 import uvloop
@@ -45,8 +44,21 @@ from fastgate.worker.deadlines import DeadlineSweeper, sweep_interval
 from fastgate.worker.memory import keep_heap
 from fastgate.worker.protocol import HttpProtocol
 from fastgate.worker.settings import ServerSettings
-from fastgate.worker.websocket import WebSocketProtocol
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(timestamp: float) -> bytes:
+    """``timestamp`` as an HTTP-date (RFC 9110 IMF-fixdate): ``Sun, 06 Nov 1994 08:49:37 GMT``.
+
+    Formatted here rather than with ``email.utils.formatdate``, which a worker would import
+    the whole ``email`` package for at start-up, or ``time.strftime``,
+    whose ``%a`` and ``%b`` follow the C locale that an app may change.
+    """
+    t = time.gmtime(timestamp)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii")
 
 class WorkerHooks(Protocol):
     """How a worker reports to whoever supervises it."""
@@ -286,7 +298,7 @@ class Worker:
 
     def _tick_date(self) -> None:
         loop = asyncio.get_running_loop()
-        self.settings.defaults.date = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+        self.settings.defaults.date = b"date: " + http_date(time.time()) + b"\r\n"
         # Re-arm at the next wall-clock second so the header changes when the second does.
         self._date_timer = loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._tick_date)
 
@@ -318,8 +330,10 @@ class Worker:
         metrics = self.settings.metrics
         if metrics is None or self.hooks is None:
             return
-        ws = sum(1 for c in self.connections if isinstance(c, WebSocketProtocol))
-        self.hooks.metrics(metrics.snapshot(open_http=len(self.connections) - ws, open_ws=ws,
+        # Counted as "not HTTP": the only other kind is a WebSocket, whose module (and the
+        # websockets library) a worker imports only on its first Upgrade.
+        http = sum(1 for c in self.connections if isinstance(c, HttpProtocol))
+        self.hooks.metrics(metrics.snapshot(open_http=http, open_ws=len(self.connections) - http,
                                             requests_served=self.requests_served,
                                             timed_out=self.requests_timed_out))
 
