@@ -34,8 +34,16 @@ $(VENV)/.installed: pyproject.toml setup.py fastgate/build.py $(COMPILED_SOURCES
 	$(PIP) install --quiet -e .
 	touch $@
 
+# The test venv builds fastgate in itself (--no-build-isolation), with the build requirements
+# (pyproject's [build-system] requires: setuptools, and mypy and the typed modules mypyc checks)
+# installed first: they are dependencies of the venv anyway, and an isolated build installs
+# all of them (mypy above all) a second time into a throwaway environment, a fifth of the
+# build's CPU. The compile itself is the same.
+BUILD_REQUIRES = $(shell $(PY) -c 'import tomllib; print(" ".join(repr(r) for r in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+
 $(VENV)/.installed-test: pyproject.toml setup.py fastgate/build.py $(COMPILED_SOURCES) | $(PY)
-	$(PIP) install --quiet -e '.[test,dev]'
+	$(PIP) install --quiet $(BUILD_REQUIRES)
+	$(PIP) install --quiet --no-build-isolation -e '.[test,dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
