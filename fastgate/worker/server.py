@@ -60,6 +60,7 @@ def http_date(timestamp: float) -> bytes:
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii")
 
+
 class WorkerHooks(Protocol):
     """How a worker reports to whoever supervises it."""
 
