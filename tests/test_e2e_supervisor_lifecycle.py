@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -202,12 +203,22 @@ def test_sigusr1_reopens_log_files_in_master_and_workers(serve, tmp_path):
     # Both the master and the worker write to the new file once they reopened it.
     wait_for(lambda: log.exists(), 20, what="the master reopened its log")
 
+    # The worker reopens when its copy of the signal arrives: a request before that is logged
+    # to the rotated file, rightly. Each try has its own path; once one shows in the new file
+    # the worker has reopened, and from then on it writes nowhere else.
+    tries = itertools.count()
+
     def access_logged() -> bool:
-        get(server, "/after-rotate")
-        return "/after-rotate" in log.read_text()
+        path = f"/after-rotate/{next(tries)}"
+        get(server, path)
+        return f'"GET {path} HTTP/1.1"' in log.read_text()
 
     wait_for(access_logged, 20, interval=0.2, what="the worker reopened its log")
-    assert "/after-rotate" not in rotated.read_text()
+    get(server, "/after-reopen")
+    wait_for(lambda: "/after-reopen" in log.read_text(), 20, what="the next request logged")
+    old = rotated.read_text()
+    assert "/after-reopen" not in old
+    assert f'"GET /after-rotate/{next(tries) - 1} HTTP/1.1"' not in old  # the try that showed up: only there
 
 
 def _listen_port(log: Path) -> int | None:
