@@ -13,11 +13,11 @@ builds with on a shared machine.
     python benchmarks/live_instructions.py --path /json -n 500
     python benchmarks/live_instructions.py --close                  # a connection per request
     python benchmarks/live_instructions.py --server uvicorn --python benchmarks/.venv-peers/bin/python
+    FASTGATE_PURE=1 python benchmarks/live_instructions.py          # the pure build
 
 The same count for uvicorn (its flags as in run.py: httptools, uvloop) puts the two side by
 side without the machine's noise; the kernel's share, which end-to-end CPU includes, is left
 out for both.
-    FASTGATE_PURE=1 python benchmarks/live_instructions.py          # the pure build
 """
 
 from __future__ import annotations
