@@ -86,16 +86,18 @@ def test_without_the_idle_limit_the_total_limit_cuts_a_stream(serve: Serve) -> N
 
 
 def test_with_the_idle_limit_a_stream_outlives_the_total_limit(serve: Serve) -> None:
-    server = serve(APP, "--workers", "0", "--timeout-request", "0.3", "--timeout-request-idle", "1")
+    # The total limit gives the app a second to start (a loaded machine may take a while),
+    # and the stream runs past it.
+    server = serve(APP, "--workers", "0", "--timeout-request", "1", "--timeout-request-idle", "1")
     with server.connect(timeout=15) as sock:
-        sock.sendall(b"GET /stream?n=8&every=0.1 HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, _, body, _ = read_response(sock)  # 0.8 s of sending, each chunk within 1 s
-    assert status == 200 and body == b"".join(b"chunk%d;" % i for i in range(8)) + b"end"
+        sock.sendall(b"GET /stream?n=16&every=0.1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body, _ = read_response(sock)  # 1.6 s of sending, each chunk within 1 s
+    assert status == 200 and body == b"".join(b"chunk%d;" % i for i in range(16)) + b"end"
     assert "Request timed out" not in server.output
 
 
 def test_the_idle_limit_cuts_a_stream_that_goes_quiet(serve: Serve) -> None:
-    server = serve(APP, "--workers", "0", "--timeout-request", "0.3", "--timeout-request-idle", "0.5")
+    server = serve(APP, "--workers", "0", "--timeout-request", "1", "--timeout-request-idle", "0.5")
     data = get(server, "/stream?n=8&every=0.05&gap_at=3&gap=30")
     assert b"chunk2;" in data and b"chunk3;" not in data and not data.endswith(b"0\r\n\r\n")
     server.wait_line(re.compile(r"GET /stream from .* sent nothing for 0\.\d+s \(--timeout-request-idle\), "
