@@ -83,8 +83,15 @@ def wait_served(server: ServerProcess, message: str, timeout: float = RELOAD_BOU
 
 
 def write(path: Path, text: str) -> None:
-    """Save like an editor does: write the whole file, then it is closed."""
-    path.write_text(text)
+    """Save as many editors do: write a file beside it, then rename it over the original.
+
+    Written in place, the file can be seen empty: a writer descheduled between the truncation
+    and the write (a loaded CI machine did this once) makes two changes, and the server rightly
+    answers each, where the tests count one reload per save.
+    """
+    staged = path.with_name(path.name + ".saving")  # not *.py: the watcher ignores it
+    staged.write_text(text)
+    os.replace(staged, path)
 
 
 @pytest.fixture
